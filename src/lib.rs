@@ -1,0 +1,31 @@
+//! userwall locks a sandbox account's network egress with OS-enforced, account-scoped block
+//! filters: nftables on Linux (`meta skuid`), the Windows Filtering Platform on Windows.
+//!
+//! The layers, bottom up:
+//! - [`ids`]: every fixed name and key we own.
+//! - [`policy`]: the rule table, platform-neutral; every backend renders it.
+//! - [`nft`]: the Linux backend (render, read back, compare, apply).
+//! - [`accounts`]: resolving and refusing sandbox accounts.
+//! - [`probe`]: proof on the live kernel, as each account.
+//! - [`setup`] and [`marker`]: the versioned setup step a host app or the CLI runs.
+//! - `sys`: the only module with `unsafe` (fork, capabilities).
+
+#![deny(missing_docs)]
+
+pub mod accounts;
+pub mod ids;
+pub mod marker;
+pub mod nft;
+pub mod policy;
+pub mod probe;
+pub mod setup;
+mod sys;
+
+pub use sys::is_root;
+
+/// Serializes tests that change process-wide environment variables.
+#[cfg(test)]
+pub(crate) fn test_env_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,177 @@
+//! The setup marker: a small JSON file in the state dir that records what setup last installed.
+//!
+//! It is written atomically (temporary file, fsync, rename) and last, after the live table has
+//! been read back and found in sync, so it never claims more than what is live. It is a record,
+//! not the truth: setup and status always read the live table.
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Bump whenever the rendered objects change in a way an existing install must receive (a new
+/// rule, a changed verdict, a renamed chain). A bumped version makes the next setup rewrite.
+pub const SETUP_VERSION: u32 = 1;
+
+/// The marker file's name inside the state dir.
+pub const MARKER_FILE: &str = "setup.json";
+
+/// The default state dir.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/userwall";
+
+/// What the marker records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// [`SETUP_VERSION`] of the setup that wrote it.
+    pub setup_version: u32,
+    /// `nftables`.
+    pub backend: String,
+    /// The preset's name.
+    pub preset: String,
+    /// The sandbox uids.
+    pub uids: Vec<u32>,
+    /// [`crate::policy::Policy::fingerprint`].
+    pub policy_fingerprint: String,
+    /// RFC 3339 time of writing.
+    pub written_at: String,
+}
+
+impl Marker {
+    /// Whether two markers record the same install, ignoring when they were written.
+    pub fn same_install(&self, other: &Marker) -> bool {
+        Marker { written_at: String::new(), ..self.clone() }
+            == Marker { written_at: String::new(), ..other.clone() }
+    }
+}
+
+/// Why the marker could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkerError {
+    /// I/O in the state dir.
+    #[error("{action} {path}: {source}; check that the state dir exists and is writable by root, or pass --state-dir")]
+    Io {
+        /// What we did.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a marker.
+    #[error("{path} is not a valid userwall marker ({detail}); it is ignored and will be rewritten by the next setup")]
+    Corrupt {
+        /// Where.
+        path: PathBuf,
+        /// The parse error.
+        detail: String,
+    },
+}
+
+/// The marker path in a state dir.
+pub fn marker_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(MARKER_FILE)
+}
+
+/// Reads the marker; `Ok(None)` when there is none.
+pub fn read(state_dir: &Path) -> Result<Option<Marker>, MarkerError> {
+    let path = marker_path(state_dir);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(MarkerError::Io { action: "reading", path, source }),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| MarkerError::Corrupt { path, detail: e.to_string() })
+}
+
+/// Writes the marker atomically, mode 0644, creating the state dir (mode 0755) when missing.
+pub fn write(state_dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MarkerError::Io { action, path, source }
+    };
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(state_dir).map_err(io("creating", state_dir))?;
+    let path = marker_path(state_dir);
+    let tmp = state_dir.join(format!(".{MARKER_FILE}.{}.tmp", std::process::id()));
+    let mut text = serde_json::to_string_pretty(marker).expect("marker serializes");
+    text.push('\n');
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?;
+        f.write_all(text.as_bytes()).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
+        // The rename is durable only once the directory entry is on disk.
+        fs::File::open(state_dir).and_then(|d| d.sync_all()).map_err(io("syncing", state_dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes the marker; absent is fine.
+pub fn remove(state_dir: &Path) -> Result<bool, MarkerError> {
+    let path = marker_path(state_dir);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(MarkerError::Io { action: "removing", path, source }),
+    }
+}
+
+/// The current time in RFC 3339, seconds precision.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Marker {
+        Marker {
+            setup_version: SETUP_VERSION,
+            backend: "nftables".into(),
+            preset: "bypass-surfaces".into(),
+            uids: vec![1000],
+            policy_fingerprint: "sha256:0011223344556677".into(),
+            written_at: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("nested/state");
+        write(&state, &sample()).unwrap();
+        assert!(read(&state).unwrap().unwrap().same_install(&sample()));
+        let names: Vec<_> = fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(MARKER_FILE)]);
+    }
+
+    #[test]
+    fn missing_is_none_and_garbage_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(dir.path()).unwrap().is_none());
+        fs::write(marker_path(dir.path()), "{not json").unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(matches!(err, MarkerError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn same_install_ignores_the_time() {
+        let a = sample();
+        let b = Marker { written_at: "2000-01-01T00:00:00Z".into(), ..a.clone() };
+        assert!(a.same_install(&b));
+        assert!(!a.same_install(&Marker { uids: vec![1001], ..a.clone() }));
+    }
+}

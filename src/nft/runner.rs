@@ -1,0 +1,165 @@
+//! The one process boundary of the Linux backend: running `nft` in JSON mode.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The environment variable that names another `nft` program (a wrapper that logs writes, say).
+pub const NFT_PROGRAM_ENV: &str = "USERWALL_NFT";
+
+/// What went wrong talking to nftables.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The program is not installed or not on PATH.
+    #[error("{program} was not found while {action}: install nftables (Debian/Ubuntu: apt-get install nftables) or set {NFT_PROGRAM_ENV} to its path")]
+    NotFound {
+        /// The program we tried.
+        program: String,
+        /// What we were doing.
+        action: String,
+    },
+    /// It could not be started.
+    #[error("could not run {program} while {action}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// What we were doing.
+        action: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed.
+    #[error("{program} failed while {action} ({status}): {}{hint}", stderr.trim())]
+    Failed {
+        /// The program.
+        program: String,
+        /// What we were doing.
+        action: String,
+        /// Its exit status.
+        status: String,
+        /// Its standard output.
+        stdout: String,
+        /// Its standard error.
+        stderr: String,
+        /// What to do about it, when we can tell.
+        hint: String,
+    },
+    /// It printed JSON we could not read.
+    #[error("{program} printed output we could not read while {action}: {detail}")]
+    BadOutput {
+        /// The program.
+        program: String,
+        /// What we were doing.
+        action: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// A handle on the `nft` program.
+#[derive(Clone, Debug)]
+pub struct Nft {
+    program: PathBuf,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Nft::from_env()
+    }
+}
+
+impl Nft {
+    /// `nft` from PATH, or the program named by [`NFT_PROGRAM_ENV`].
+    pub fn from_env() -> Self {
+        let program = std::env::var_os(NFT_PROGRAM_ENV).map(PathBuf::from).unwrap_or_else(|| "nft".into());
+        Nft { program }
+    }
+
+    /// A specific program.
+    pub fn with_program(program: impl Into<PathBuf>) -> Self {
+        Nft { program: program.into() }
+    }
+
+    fn name(&self) -> String {
+        self.program.display().to_string()
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>, action: &str) -> Result<String, NftError> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                NftError::NotFound { program: self.name(), action: action.into() }
+            } else {
+                NftError::Spawn { program: self.name(), action: action.into(), source }
+            }
+        })?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A write error here shows up again as nft's own failure below, with its stderr,
+            // which says more than EPIPE would.
+            let _ = pipe.write_all(input);
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| NftError::Spawn { program: self.name(), action: action.into(), source })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            let hint = if stderr.contains("Operation not permitted") {
+                "; run as root (nftables needs CAP_NET_ADMIN in this network namespace)".to_string()
+            } else {
+                String::new()
+            };
+            return Err(NftError::Failed {
+                program: self.name(),
+                action: action.into(),
+                status: out.status.to_string(),
+                stdout,
+                stderr,
+                hint,
+            });
+        }
+        Ok(stdout)
+    }
+
+    fn json(&self, args: &[&str], action: &str) -> Result<Value, NftError> {
+        let text = self.run(args, None, action)?;
+        serde_json::from_str(&text).map_err(|e| NftError::BadOutput {
+            program: self.name(),
+            action: action.into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Whether table `family name` exists, from `nft -j list tables`.
+    pub fn table_exists(&self, family: &str, name: &str) -> Result<bool, NftError> {
+        let listing = self.json(&["-j", "list", "tables"], "listing tables")?;
+        let tables = listing.get("nftables").and_then(Value::as_array).into_iter().flatten();
+        Ok(tables.filter_map(|i| i.get("table")).any(|t| {
+            t.get("family").and_then(Value::as_str) == Some(family)
+                && t.get("name").and_then(Value::as_str) == Some(name)
+        }))
+    }
+
+    /// `nft -j list table family name`.
+    pub fn list_table(&self, family: &str, name: &str) -> Result<Value, NftError> {
+        self.json(&["-j", "list", "table", family, name], &format!("listing table {family} {name}"))
+    }
+
+    /// Runs a JSON batch as one transaction (`nft -j -f -`).
+    pub fn apply(&self, batch: &Value, action: &str) -> Result<(), NftError> {
+        let text = serde_json::to_vec(batch).expect("a JSON value serializes");
+        self.run(&["-j", "-f", "-"], Some(&text), action).map(drop)
+    }
+
+    /// Validates a JSON batch without applying it (`nft -c -j -f -`).
+    pub fn check(&self, batch: &Value, action: &str) -> Result<(), NftError> {
+        let text = serde_json::to_vec(batch).expect("a JSON value serializes");
+        self.run(&["-c", "-j", "-f", "-"], Some(&text), action).map(drop)
+    }
+}
