@@ -97,7 +97,10 @@ pub struct Resolved {
 
 /// The uid that invoked userwall: `SUDO_UID` when run through sudo, else the real uid.
 pub fn invoking_uid() -> (u32, &'static str) {
-    if let Some(uid) = std::env::var("SUDO_UID").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+    if let Some(uid) = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
         return (uid, " from SUDO_UID");
     }
     (Uid::current().as_raw(), "")
@@ -106,7 +109,12 @@ pub fn invoking_uid() -> (u32, &'static str) {
 /// Checks the shape of an account name before it reaches the user database or useradd, so a
 /// name like `-r` can never be taken for an option.
 pub fn validate_name(name: &str) -> Result<(), AccountError> {
-    let invalid = |why: &str| Err(AccountError::Invalid { value: name.into(), why: why.into() });
+    let invalid = |why: &str| {
+        Err(AccountError::Invalid {
+            value: name.into(),
+            why: why.into(),
+        })
+    };
     if name.is_empty() {
         return invalid("it is empty");
     }
@@ -117,9 +125,13 @@ pub fn validate_name(name: &str) -> Result<(), AccountError> {
     if !(first.is_ascii_lowercase() || first == b'_') {
         return invalid("an account name starts with a lower-case letter or '_'");
     }
-    let body_ok = name
-        .char_indices()
-        .all(|(i, c)| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || (c == '$' && i == name.len() - 1));
+    let body_ok = name.char_indices().all(|(i, c)| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '_'
+            || c == '-'
+            || (c == '$' && i == name.len() - 1)
+    });
     if !body_ok {
         return invalid("use lower-case letters, digits, '_' and '-' only");
     }
@@ -132,13 +144,20 @@ fn check_allowed(typed: &str, uid: u32) -> Result<(), AccountError> {
     }
     let (invoker, via) = invoking_uid();
     if uid == invoker {
-        return Err(AccountError::InvokingUser { account: typed.into(), uid, via });
+        return Err(AccountError::InvokingUser {
+            account: typed.into(),
+            uid,
+            via,
+        });
     }
     Ok(())
 }
 
 fn lookup_name(name: &str) -> Result<Option<User>, AccountError> {
-    User::from_name(name).map_err(|source| AccountError::Lookup { account: name.into(), source })
+    User::from_name(name).map_err(|source| AccountError::Lookup {
+        account: name.into(),
+        source,
+    })
 }
 
 /// Creates a locked system account: no password (useradd leaves it locked), no login shell, no
@@ -170,7 +189,11 @@ pub fn create_locked_system_account(name: &str) -> Result<(), AccountError> {
 /// account behind.
 pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, AccountError> {
     let defaulted = values.is_empty();
-    let values: Vec<String> = if defaulted { vec![DEFAULT_ACCOUNT.to_string()] } else { values.to_vec() };
+    let values: Vec<String> = if defaulted {
+        vec![DEFAULT_ACCOUNT.to_string()]
+    } else {
+        values.to_vec()
+    };
     let mut out = Resolved::default();
     let mut to_create = Vec::new();
     for value in &values {
@@ -187,15 +210,26 @@ pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, Acc
                 });
             }
             check_allowed(value, uid)?;
-            let user = User::from_uid(Uid::from_raw(uid))
-                .map_err(|source| AccountError::Lookup { account: value.into(), source })?;
+            let user =
+                User::from_uid(Uid::from_raw(uid)).map_err(|source| AccountError::Lookup {
+                    account: value.into(),
+                    source,
+                })?;
             match user {
-                Some(u) => out.accounts.push(Account { name: Some(u.name), uid, gid: u.gid.as_raw() }),
+                Some(u) => out.accounts.push(Account {
+                    name: Some(u.name),
+                    uid,
+                    gid: u.gid.as_raw(),
+                }),
                 None => {
                     out.warnings.push(format!(
                         "uid {uid} has no entry in the user database; it is sandboxed as a bare uid (gid {uid} is used for probes)"
                     ));
-                    out.accounts.push(Account { name: None, uid, gid: uid });
+                    out.accounts.push(Account {
+                        name: None,
+                        uid,
+                        gid: uid,
+                    });
                 }
             }
             continue;
@@ -204,7 +238,11 @@ pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, Acc
         match lookup_name(value)? {
             Some(u) => {
                 check_allowed(value, u.uid.as_raw())?;
-                out.accounts.push(Account { name: Some(u.name), uid: u.uid.as_raw(), gid: u.gid.as_raw() });
+                out.accounts.push(Account {
+                    name: Some(u.name),
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                });
             }
             None if opts.read_only => return Err(AccountError::Unknown(value.into())),
             None if defaulted || opts.create_missing => to_create.push(value.to_string()),
@@ -218,9 +256,16 @@ pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, Acc
             detail: "useradd succeeded but the account does not resolve".into(),
         })?;
         check_allowed(&name, user.uid.as_raw())?;
-        out.warnings.push(format!("created locked system account {name} (uid {})", user.uid));
+        out.warnings.push(format!(
+            "created locked system account {name} (uid {})",
+            user.uid
+        ));
         out.created.push(name.clone());
-        out.accounts.push(Account { name: Some(name), uid: user.uid.as_raw(), gid: user.gid.as_raw() });
+        out.accounts.push(Account {
+            name: Some(name),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        });
     }
     let mut seen = std::collections::BTreeSet::new();
     out.accounts.retain(|a| seen.insert(a.uid));
@@ -251,7 +296,10 @@ mod tests {
         std::env::set_var("SUDO_UID", "47555");
         let err = resolve(&values(&["47555"]), &ResolveOptions::default()).unwrap_err();
         std::env::remove_var("SUDO_UID");
-        assert!(matches!(err, AccountError::InvokingUser { uid: 47555, .. }), "{err}");
+        assert!(
+            matches!(err, AccountError::InvokingUser { uid: 47555, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("SUDO_UID"));
     }
 
@@ -259,7 +307,14 @@ mod tests {
     fn a_bare_uid_is_accepted_with_a_warning() {
         let _guard = crate::test_env_lock();
         let r = resolve(&values(&["47556", "47556"]), &ResolveOptions::default()).unwrap();
-        assert_eq!(r.accounts, vec![Account { name: None, uid: 47556, gid: 47556 }]);
+        assert_eq!(
+            r.accounts,
+            vec![Account {
+                name: None,
+                uid: 47556,
+                gid: 47556
+            }]
+        );
         assert_eq!(r.warnings.len(), 2, "one warning per value typed");
         assert!(r.warnings[0].contains("no entry"));
     }
@@ -275,8 +330,23 @@ mod tests {
     #[test]
     fn malformed_values_are_refused_before_any_lookup() {
         let _guard = crate::test_env_lock();
-        for bad in ["-r", "Bad", "a b", "", "4294967295", "99999999999", "x;rm", &"a".repeat(33)] {
-            let err = resolve(&values(&[bad]), &ResolveOptions { create_missing: true, read_only: false });
+        for bad in [
+            "-r",
+            "Bad",
+            "a b",
+            "",
+            "4294967295",
+            "99999999999",
+            "x;rm",
+            &"a".repeat(33),
+        ] {
+            let err = resolve(
+                &values(&[bad]),
+                &ResolveOptions {
+                    create_missing: true,
+                    read_only: false,
+                },
+            );
             assert!(err.is_err(), "{bad:?} was accepted");
         }
     }
@@ -286,7 +356,10 @@ mod tests {
         let _guard = crate::test_env_lock();
         // The unknown name comes first and would be created, but the uid 0 after it is
         // refused before any account is made.
-        let opts = ResolveOptions { create_missing: true, read_only: false };
+        let opts = ResolveOptions {
+            create_missing: true,
+            read_only: false,
+        };
         let err = resolve(&values(&["uw-never-created", "0"]), &opts).unwrap_err();
         assert!(matches!(err, AccountError::Root(_)));
         assert!(User::from_name("uw-never-created").unwrap().is_none());

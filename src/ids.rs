@@ -108,6 +108,9 @@ mod tests {
 
     #[test]
     fn registry_form_keeps_field_order() {
-        assert_eq!(ICMP_CONNECT_V4.to_string(), "3b146d2e-d593-4505-a053-657963bdff01");
+        assert_eq!(
+            ICMP_CONNECT_V4.to_string(),
+            "3b146d2e-d593-4505-a053-657963bdff01"
+        );
     }
 }

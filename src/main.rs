@@ -1,3 +1,333 @@
-fn main() {
-    println!("Hello, world!");
+//! The `userwall` command line.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use userwall::marker::DEFAULT_STATE_DIR;
+use userwall::nft::Nft;
+use userwall::policy::Preset;
+use userwall::probe::{self, DEFAULT_TARGETS};
+use userwall::setup::{self, Context, Request, Sync};
+
+/// Exit codes, documented once here and printed by `--help`.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const DRIFTED: u8 = 3;
+    pub const NOT_INSTALLED: u8 = 4;
+    pub const PROBE_MISMATCH: u8 = 5;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success; status: in sync; plan: nothing to change
+  1  error (nft failed, not root, state dir unusable, ...)
+  2  bad input (unknown option, refused or unknown account)
+  3  status: our table differs from the policy; plan: setup would change something
+  4  status: our table is not installed
+  5  probe (also the probe that ends setup): a channel did not behave as the policy says";
+
+#[derive(Parser)]
+#[command(name = "userwall", version, about = "Lock sandbox accounts' network egress with account-scoped nftables rules", after_help = EXIT_CODES)]
+struct Cli {
+    /// Where the setup marker lives.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Accounts {
+    /// A sandbox account: user name or numeric uid. Repeat for several. Default: the
+    /// marker's accounts, else userwall-offline.
+    #[arg(long = "account", value_name = "A")]
+    accounts: Vec<String>,
+    /// The policy preset. Default: the marker's, else bypass-surfaces.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(PresetArg))]
+    preset: Option<PresetArg>,
+}
+
+#[derive(Clone)]
+struct PresetArg(Preset);
+
+impl std::str::FromStr for PresetArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(PresetArg)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the live firewall match the policy, then prove it with the probe matrix.
+    #[command(after_help = EXIT_CODES)]
+    Setup {
+        #[command(flatten)]
+        which: Accounts,
+        /// Create a named account that does not exist yet (locked system account).
+        #[arg(long)]
+        create_account: bool,
+        /// Skip the probe matrix at the end.
+        #[arg(long)]
+        no_probe: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything of ours, then check nothing is left.
+    #[command(after_help = EXIT_CODES)]
+    Uninstall {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the live firewall with the policy.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        #[command(flatten)]
+        which: Accounts,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what setup would change, changing nothing.
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        #[command(flatten)]
+        which: Accounts,
+        /// Count a named account that does not exist as one setup would create.
+        #[arg(long)]
+        create_account: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try every channel of the policy as each sandbox account and show what happened.
+    #[command(after_help = EXIT_CODES)]
+    Probe {
+        #[command(flatten)]
+        which: Accounts,
+        /// Where to aim the attempts; repeat for several. Default: 127.0.0.1 and ::1.
+        #[arg(long = "target", value_name = "ADDR")]
+        targets: Vec<IpAddr>,
+        /// Print the matrix as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn request(which: &Accounts, create_account: bool) -> Request {
+    Request {
+        accounts: which.accounts.clone(),
+        preset: which.preset.clone().map(|p| p.0),
+        create_account,
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("reports serialize")
+    );
+}
+
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("userwall: warning: {w}");
+    }
+}
+
+fn fail(e: setup::Error) -> u8 {
+    eprintln!("userwall: error: {e}");
+    if e.is_bad_input() {
+        exit::BAD_INPUT
+    } else {
+        exit::ERROR
+    }
+}
+
+fn run_probe(
+    ctx: &Context,
+    exp_policy: &userwall::policy::Policy,
+    rendered: &userwall::nft::render::Rendered,
+    accounts: &[userwall::accounts::Account],
+    targets: &[IpAddr],
+    json: bool,
+) -> u8 {
+    match probe::probe(&ctx.nft, exp_policy, rendered, accounts, targets) {
+        Ok(report) => {
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.as_expected() {
+                exit::OK
+            } else {
+                exit::PROBE_MISMATCH
+            }
+        }
+        Err(e) => {
+            eprintln!("userwall: error: {e}");
+            exit::ERROR
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context {
+        nft: Nft::from_env(),
+        state_dir: cli.state_dir.clone(),
+    };
+    let code = match &cli.command {
+        Command::Setup {
+            which,
+            create_account,
+            no_probe,
+            json,
+        } => match setup::setup(&ctx, &request(which, *create_account)) {
+            Err(e) => fail(e),
+            Ok(report) => {
+                warn_all(&report.warnings);
+                if *json {
+                    print_json(&report);
+                } else {
+                    let accounts: Vec<String> = report.accounts.iter().map(|a| a.label()).collect();
+                    if report.wrote_firewall {
+                        println!(
+                            "applied preset {} for {}:",
+                            report.preset,
+                            accounts.join(", ")
+                        );
+                        for change in &report.changes {
+                            println!("  {change}");
+                        }
+                    } else {
+                        println!("up to date: table inet userwall already matches preset {} for {}; nothing written", report.preset, accounts.join(", "));
+                    }
+                    let total: f64 = report.steps.iter().map(|s| s.millis).sum();
+                    println!("setup took {total:.1} ms");
+                }
+                match (no_probe, &report.rendered, &report.policy) {
+                    (false, Some(rendered), Some(policy)) => run_probe(
+                        &ctx,
+                        policy,
+                        rendered,
+                        &report.accounts,
+                        &DEFAULT_TARGETS,
+                        *json,
+                    ),
+                    _ => exit::OK,
+                }
+            }
+        },
+        Command::Uninstall { json } => match setup::uninstall(&ctx) {
+            Err(e) => fail(e),
+            Ok(report) => {
+                if *json {
+                    print_json(&report);
+                } else {
+                    println!(
+                        "{}; {}; accounts are left in place",
+                        if report.removed_table {
+                            "removed table inet userwall"
+                        } else {
+                            "table inet userwall was not installed"
+                        },
+                        if report.removed_marker {
+                            "removed the setup marker"
+                        } else {
+                            "no setup marker to remove"
+                        }
+                    );
+                }
+                exit::OK
+            }
+        },
+        Command::Status { which, json } => match setup::status(&ctx, &request(which, false)) {
+            Err(e) => fail(e),
+            Ok(report) => {
+                warn_all(&report.warnings);
+                let accounts: Vec<String> = report.accounts.iter().map(|a| a.label()).collect();
+                if *json {
+                    print_json(&report);
+                } else {
+                    match report.state {
+                        Sync::InSync => println!("in sync: table inet userwall matches preset {} for {}", report.preset, accounts.join(", ")),
+                        Sync::NotInstalled => println!("not installed: table inet userwall does not exist (expected preset {} for {})", report.preset, accounts.join(", ")),
+                        Sync::Drifted => {
+                            println!("drifted: table inet userwall differs from preset {} for {}:", report.preset, accounts.join(", "));
+                            for line in &report.diff {
+                                println!("  {line}");
+                            }
+                            println!("run `userwall setup` to repair");
+                        }
+                    }
+                }
+                match report.state {
+                    Sync::InSync => exit::OK,
+                    Sync::Drifted => exit::DRIFTED,
+                    Sync::NotInstalled => exit::NOT_INSTALLED,
+                }
+            }
+        },
+        Command::Plan {
+            which,
+            create_account,
+            json,
+        } => match setup::plan(&ctx, &request(which, *create_account)) {
+            Err(e) => fail(e),
+            Ok(report) => {
+                if let Some(s) = &report.status {
+                    warn_all(&s.warnings);
+                }
+                if *json {
+                    print_json(&report);
+                } else if report.changes.is_empty() {
+                    println!("no changes: setup would write nothing");
+                } else {
+                    println!("setup would change:");
+                    for line in &report.changes {
+                        println!("  {line}");
+                    }
+                }
+                if report.changes.is_empty() {
+                    exit::OK
+                } else {
+                    exit::DRIFTED
+                }
+            }
+        },
+        Command::Probe {
+            which,
+            targets,
+            json,
+        } => {
+            let req = request(which, false);
+            match setup::expectation(&ctx, &req) {
+                Err(e) => fail(e),
+                Ok(exp) => {
+                    warn_all(&exp.warnings);
+                    let targets = if targets.is_empty() {
+                        DEFAULT_TARGETS.to_vec()
+                    } else {
+                        targets.clone()
+                    };
+                    run_probe(
+                        &ctx,
+                        &exp.policy,
+                        &exp.rendered,
+                        &exp.accounts,
+                        &targets,
+                        *json,
+                    )
+                }
+            }
+        }
+    };
+    ExitCode::from(code)
 }

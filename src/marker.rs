@@ -39,8 +39,13 @@ pub struct Marker {
 impl Marker {
     /// Whether two markers record the same install, ignoring when they were written.
     pub fn same_install(&self, other: &Marker) -> bool {
-        Marker { written_at: String::new(), ..self.clone() }
-            == Marker { written_at: String::new(), ..other.clone() }
+        Marker {
+            written_at: String::new(),
+            ..self.clone()
+        } == Marker {
+            written_at: String::new(),
+            ..other.clone()
+        }
     }
 }
 
@@ -79,11 +84,20 @@ pub fn read(state_dir: &Path) -> Result<Option<Marker>, MarkerError> {
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(MarkerError::Io { action: "reading", path, source }),
+        Err(source) => {
+            return Err(MarkerError::Io {
+                action: "reading",
+                path,
+                source,
+            })
+        }
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| MarkerError::Corrupt { path, detail: e.to_string() })
+        .map_err(|e| MarkerError::Corrupt {
+            path,
+            detail: e.to_string(),
+        })
 }
 
 /// Writes the marker atomically, mode 0644, creating the state dir (mode 0755) when missing.
@@ -91,9 +105,17 @@ pub fn write(state_dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |action, path: &Path| {
         let path = path.to_path_buf();
-        move |source| MarkerError::Io { action, path, source }
+        move |source| MarkerError::Io {
+            action,
+            path,
+            source,
+        }
     };
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(state_dir).map_err(io("creating", state_dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(state_dir)
+        .map_err(io("creating", state_dir))?;
     let path = marker_path(state_dir);
     let tmp = state_dir.join(format!(".{MARKER_FILE}.{}.tmp", std::process::id()));
     let mut text = serde_json::to_string_pretty(marker).expect("marker serializes");
@@ -110,7 +132,9 @@ pub fn write(state_dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
         f.sync_all().map_err(io("syncing", &tmp))?;
         fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
         // The rename is durable only once the directory entry is on disk.
-        fs::File::open(state_dir).and_then(|d| d.sync_all()).map_err(io("syncing", state_dir))
+        fs::File::open(state_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing", state_dir))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -124,7 +148,11 @@ pub fn remove(state_dir: &Path) -> Result<bool, MarkerError> {
     match fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(MarkerError::Io { action: "removing", path, source }),
+        Err(source) => Err(MarkerError::Io {
+            action: "removing",
+            path,
+            source,
+        }),
     }
 }
 
@@ -154,7 +182,10 @@ mod tests {
         let state = dir.path().join("nested/state");
         write(&state, &sample()).unwrap();
         assert!(read(&state).unwrap().unwrap().same_install(&sample()));
-        let names: Vec<_> = fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(MARKER_FILE)]);
     }
 
@@ -170,8 +201,14 @@ mod tests {
     #[test]
     fn same_install_ignores_the_time() {
         let a = sample();
-        let b = Marker { written_at: "2000-01-01T00:00:00Z".into(), ..a.clone() };
+        let b = Marker {
+            written_at: "2000-01-01T00:00:00Z".into(),
+            ..a.clone()
+        };
         assert!(a.same_install(&b));
-        assert!(!a.same_install(&Marker { uids: vec![1001], ..a.clone() }));
+        assert!(!a.same_install(&Marker {
+            uids: vec![1001],
+            ..a.clone()
+        }));
     }
 }

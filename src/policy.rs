@@ -125,7 +125,15 @@ const fn row(
     layer: Layer,
     matches: Match,
 ) -> Rule {
-    Rule { name, key, purpose, family, layer, matches, action: Action::Block }
+    Rule {
+        name,
+        key,
+        purpose,
+        family,
+        layer,
+        matches,
+        action: Action::Block,
+    }
 }
 
 use Family::{V4, V6};
@@ -184,7 +192,11 @@ impl Preset {
     pub fn rules(self) -> Vec<Rule> {
         match self {
             Preset::BypassSurfaces => BYPASS_SURFACES.to_vec(),
-            Preset::Offline => BYPASS_SURFACES.iter().chain(OFFLINE_EXTRA).copied().collect(),
+            Preset::Offline => BYPASS_SURFACES
+                .iter()
+                .chain(OFFLINE_EXTRA)
+                .copied()
+                .collect(),
         }
     }
 }
@@ -199,10 +211,13 @@ impl FromStr for Preset {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Preset::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Preset::ALL.iter().map(|p| p.name()).collect();
-            format!("unknown preset {s:?}; choose one of: {}", names.join(", "))
-        })
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Preset::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown preset {s:?}; choose one of: {}", names.join(", "))
+            })
     }
 }
 
@@ -218,7 +233,10 @@ pub struct Policy {
 impl Policy {
     /// The policy of a built-in preset.
     pub fn preset(preset: Preset) -> Self {
-        Policy { preset, rules: preset.rules() }
+        Policy {
+            preset,
+            rules: preset.rules(),
+        }
     }
 
     /// A short, stable digest of the rows (not of the accounts), recorded in the setup marker so
@@ -250,13 +268,20 @@ mod tests {
 
     #[test]
     fn names_and_keys_are_unique_across_every_preset() {
-        let all: Vec<Rule> = BYPASS_SURFACES.iter().chain(OFFLINE_EXTRA).copied().collect();
+        let all: Vec<Rule> = BYPASS_SURFACES
+            .iter()
+            .chain(OFFLINE_EXTRA)
+            .copied()
+            .collect();
         let names: BTreeSet<_> = all.iter().map(|r| r.name).collect();
         let keys: BTreeSet<_> = all.iter().map(|r| r.key).collect();
         assert_eq!(names.len(), all.len(), "duplicate rule name");
         assert_eq!(keys.len(), all.len(), "duplicate rule key");
         for retired in ids::RETIRED_RULE_KEYS {
-            assert!(!keys.contains(retired), "retired key {retired} is back in use");
+            assert!(
+                !keys.contains(retired),
+                "retired key {retired} is back in use"
+            );
         }
     }
 
@@ -265,7 +290,10 @@ mod tests {
         for preset in Preset::ALL {
             let rules = preset.rules();
             for rule in &rules {
-                let stem = rule.name.strip_suffix(rule.family.suffix()).expect("name ends in family");
+                let stem = rule
+                    .name
+                    .strip_suffix(rule.family.suffix())
+                    .expect("name ends in family");
                 for family in Family::BOTH {
                     let twin = format!("{stem}{}", family.suffix());
                     let found = rules.iter().find(|r| r.name == twin);
@@ -284,8 +312,14 @@ mod tests {
         let golden = [
             ("icmp_connect_v4", "3b146d2e-d593-4505-a053-657963bdff01"),
             ("icmp_connect_v6", "1bb141d8-0eed-4e6d-a426-57aeb3a5e51b"),
-            ("icmp_resource_assignment_v4", "e6249709-2ec0-419c-8888-d90d2220b718"),
-            ("icmp_resource_assignment_v6", "4d730439-a73a-444c-9cb2-445119ae52c4"),
+            (
+                "icmp_resource_assignment_v4",
+                "e6249709-2ec0-419c-8888-d90d2220b718",
+            ),
+            (
+                "icmp_resource_assignment_v6",
+                "4d730439-a73a-444c-9cb2-445119ae52c4",
+            ),
             ("dns_v4", "a8447219-38c2-4f03-a159-f88bc6478446"),
             ("dns_v6", "5dea632b-ced1-4ca9-9c0f-81c3cb987990"),
             ("dns_over_tls_v4", "012fc4df-28ed-4c0a-b27d-fe11d40618b7"),
@@ -310,7 +344,9 @@ mod tests {
     fn offline_keeps_every_bypass_rule_and_adds_the_catch_all_last() {
         let offline = Preset::Offline.rules();
         assert_eq!(&offline[..12], BYPASS_SURFACES);
-        assert!(offline[12..].iter().all(|r| r.matches == Match::AllButLoopback));
+        assert!(offline[12..]
+            .iter()
+            .all(|r| r.matches == Match::AllButLoopback));
     }
 
     #[test]
@@ -326,6 +362,9 @@ mod tests {
     fn preset_names_parse_and_unknown_names_list_the_choices() {
         assert_eq!("offline".parse::<Preset>().unwrap(), Preset::Offline);
         let err = "strict".parse::<Preset>().unwrap_err();
-        assert!(err.contains("bypass-surfaces") && err.contains("offline"), "{err}");
+        assert!(
+            err.contains("bypass-surfaces") && err.contains("offline"),
+            "{err}"
+        );
     }
 }

@@ -7,15 +7,15 @@
 //! inferred from a timeout.
 
 use crate::accounts::Account;
-use crate::nft::render::{Rendered, Verdict};
+use crate::nft::render::Rendered;
 use crate::nft::{self, Nft};
 use crate::policy::{Family, Match};
 use crate::sys::{self, RawOutcome};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    connect, getsockopt, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag,
-    SockProtocol, SockType, SockaddrStorage,
+    connect, getsockopt, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags,
+    SockFlag, SockProtocol, SockType, SockaddrStorage,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,7 +33,10 @@ const CHILD_LIMIT: Duration = Duration::from_secs(6);
 const UNLISTED_PORT: u16 = 80;
 
 /// The default targets: loopback only, so a probe sends nothing off the machine.
-pub const DEFAULT_TARGETS: [IpAddr; 2] = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+pub const DEFAULT_TARGETS: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+];
 
 /// A channel's transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -132,8 +135,18 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let widths = [
-            self.rows.iter().map(|r| r.channel.len()).max().unwrap_or(7).max(7),
-            self.rows.iter().map(|r| r.target.len()).max().unwrap_or(6).max(6),
+            self.rows
+                .iter()
+                .map(|r| r.channel.len())
+                .max()
+                .unwrap_or(7)
+                .max(7),
+            self.rows
+                .iter()
+                .map(|r| r.target.len())
+                .max()
+                .unwrap_or(6)
+                .max(6),
         ];
         let mut account = None;
         for row in &self.rows {
@@ -150,7 +163,11 @@ impl Report {
                     w1 = widths[1]
                 );
             }
-            let mark = if row.result == row.expected { "" } else { "  <-- NOT AS EXPECTED" };
+            let mark = if row.result == row.expected {
+                ""
+            } else {
+                "  <-- NOT AS EXPECTED"
+            };
             out += &format!(
                 "  {:w0$}  {:w1$}  {:8}  {:14}  {} ({:.1} ms){mark}\n",
                 row.channel,
@@ -163,8 +180,16 @@ impl Report {
                 w1 = widths[1]
             );
         }
-        let blocked = self.rows.iter().filter(|r| r.result == Outcome::Blocked).count();
-        let open = self.rows.iter().filter(|r| r.result == Outcome::Open).count();
+        let blocked = self
+            .rows
+            .iter()
+            .filter(|r| r.result == Outcome::Blocked)
+            .count();
+        let open = self
+            .rows
+            .iter()
+            .filter(|r| r.result == Outcome::Open)
+            .count();
         let untested = self.rows.len() - blocked - open;
         let off = self.rows.iter().filter(|r| r.result != r.expected).count();
         out += &format!(
@@ -201,7 +226,12 @@ fn v4_mapped(v4: Ipv4Addr) -> IpAddr {
 }
 
 /// The channels a policy implies for these targets, control channel last.
-pub fn channels(rendered: &Rendered, policy: &crate::policy::Policy, targets: &[IpAddr], control: SocketAddr) -> Vec<Channel> {
+pub fn channels(
+    rendered: &Rendered,
+    policy: &crate::policy::Policy,
+    targets: &[IpAddr],
+    control: SocketAddr,
+) -> Vec<Channel> {
     let mut ports: Vec<u16> = Vec::new();
     for rule in &policy.rules {
         if let Match::RemotePort(p) = rule.matches {
@@ -220,7 +250,13 @@ pub fn channels(rendered: &Rendered, policy: &crate::policy::Policy, targets: &[
             IpAddr::V4(_) => (Family::V4, "v4"),
             IpAddr::V6(_) => (Family::V6, "v6"),
         };
-        out.push(Channel { label: format!("icmp echo {fam}"), proto: Proto::Icmp, dest: SocketAddr::new(target, 0), wire_family: family, control: false });
+        out.push(Channel {
+            label: format!("icmp echo {fam}"),
+            proto: Proto::Icmp,
+            dest: SocketAddr::new(target, 0),
+            wire_family: family,
+            control: false,
+        });
         for &port in &ports {
             for proto in [Proto::Udp, Proto::Tcp] {
                 out.push(Channel {
@@ -255,7 +291,9 @@ pub fn channels(rendered: &Rendered, policy: &crate::policy::Policy, targets: &[
 fn is_loopback_dest(dest: &SocketAddr) -> bool {
     match dest.ip() {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -273,11 +311,19 @@ mod code {
 }
 
 fn raw(code: u32, errno: Errno, detail: u32) -> RawOutcome {
-    RawOutcome { code, errno: errno as i32, detail }
+    RawOutcome {
+        code,
+        errno: errno as i32,
+        detail,
+    }
 }
 
 fn ok(code: u32, detail: u32) -> RawOutcome {
-    RawOutcome { code, errno: 0, detail }
+    RawOutcome {
+        code,
+        errno: 0,
+        detail,
+    }
 }
 
 fn family_of(dest: &SocketAddr) -> AddressFamily {
@@ -303,14 +349,22 @@ fn allow_v4_mapped(fd: &OwnedFd, dest: &SocketAddr) -> Result<(), Errno> {
 }
 
 fn attempt_tcp(dest: SocketAddr) -> RawOutcome {
-    let fd = match socket(family_of(&dest), SockType::Stream, SockFlag::SOCK_NONBLOCK, None) {
+    let fd = match socket(
+        family_of(&dest),
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK,
+        None,
+    ) {
         Ok(fd) => fd,
         Err(e) => return raw(code::SOCKET_FAILED, e, 0),
     };
     if let Err(e) = allow_v4_mapped(&fd, &dest) {
         return raw(code::SETSOCKOPT_FAILED, e, 0);
     }
-    match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(dest)) {
+    match connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(dest),
+    ) {
         Ok(()) => return ok(code::CONNECTED_OR_SENT, 0),
         Err(Errno::EINPROGRESS) => {}
         Err(e) => return raw(code::SEND_FAILED, e, 0),
@@ -322,23 +376,39 @@ fn attempt_tcp(dest: SocketAddr) -> RawOutcome {
     }
     match getsockopt(&fd, sockopt::SocketError) {
         Ok(0) => ok(code::CONNECTED_OR_SENT, 0),
-        Ok(errno) => RawOutcome { code: code::SEND_FAILED, errno, detail: 0 },
+        Ok(errno) => RawOutcome {
+            code: code::SEND_FAILED,
+            errno,
+            detail: 0,
+        },
         Err(e) => raw(code::SEND_FAILED, e, 0),
     }
 }
 
 fn attempt_udp(dest: SocketAddr) -> RawOutcome {
-    let fd = match socket(family_of(&dest), SockType::Datagram, SockFlag::empty(), None) {
+    let fd = match socket(
+        family_of(&dest),
+        SockType::Datagram,
+        SockFlag::empty(),
+        None,
+    ) {
         Ok(fd) => fd,
         Err(e) => return raw(code::SOCKET_FAILED, e, 0),
     };
     if let Err(e) = allow_v4_mapped(&fd, &dest) {
         return raw(code::SETSOCKOPT_FAILED, e, 0);
     }
-    if let Err(e) = connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(dest)) {
+    if let Err(e) = connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(dest),
+    ) {
         return raw(code::SEND_FAILED, e, 0);
     }
-    match send(std::os::fd::AsRawFd::as_raw_fd(&fd), b"userwall probe", MsgFlags::empty()) {
+    match send(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        b"userwall probe",
+        MsgFlags::empty(),
+    ) {
         Ok(_) => ok(code::CONNECTED_OR_SENT, 0),
         Err(e) => raw(code::SEND_FAILED, e, 0),
     }
@@ -403,7 +473,11 @@ fn attempt_icmp(dest: SocketAddr) -> RawOutcome {
                 } else {
                     &buf[..n]
                 };
-                let reply_type = if family == AddressFamily::Inet { 0 } else { 129 };
+                let reply_type = if family == AddressFamily::Inet {
+                    0
+                } else {
+                    129
+                };
                 if icmp.first() == Some(&reply_type) {
                     return ok(code::ECHO_REPLY, kind);
                 }
@@ -412,6 +486,14 @@ fn attempt_icmp(dest: SocketAddr) -> RawOutcome {
             Err(e) => return raw(code::SEND_FAILED, e, kind),
         }
     }
+}
+
+/// A rule comment without our prefix and without its parenthesised note.
+fn short_rule_name(comment: &str) -> &str {
+    let name = comment
+        .strip_prefix(crate::ids::NFT_COMMENT_PREFIX)
+        .unwrap_or(comment);
+    name.split(" (").next().unwrap_or(name)
 }
 
 fn errno_name(errno: i32) -> String {
@@ -423,9 +505,17 @@ struct Judged {
     evidence: String,
 }
 
-fn judge(channel: &Channel, outcome: Option<RawOutcome>, counted: u64, counter_name: Option<&str>, verdict: Option<Verdict>) -> Judged {
+fn judge(
+    channel: &Channel,
+    outcome: Option<RawOutcome>,
+    counted: u64,
+    counter_name: Option<&str>,
+) -> Judged {
     let Some(o) = outcome else {
-        return Judged { result: Outcome::CouldNotTest, evidence: "the probe child did not report in time".into() };
+        return Judged {
+            result: Outcome::CouldNotTest,
+            evidence: "the probe child did not report in time".into(),
+        };
     };
     let socket_kind = match (channel.proto, o.detail) {
         (Proto::Icmp, code::RAW_SOCKET) => ", raw socket: ping_group_range excludes this gid",
@@ -433,16 +523,25 @@ fn judge(channel: &Channel, outcome: Option<RawOutcome>, counted: u64, counter_n
         _ => "",
     };
     let ours = match counter_name {
-        Some(name) if counted > 0 => Some(format!("rule \"{name}\" counted {counted}")),
+        Some(name) if counted > 0 => {
+            Some(format!("rule {} counted {counted}", short_rule_name(name)))
+        }
         _ => None,
     };
     let err = || errno_name(o.errno);
     let (result, evidence) = match (o.code, ours) {
-        (sys::CODE_PRIVILEGE_DROP_FAILED, _) => (Outcome::CouldNotTest, format!("could not switch to the account: {}", err())),
-        (sys::CODE_PANICKED, _) => (Outcome::CouldNotTest, "the probe child panicked".to_string()),
-        (code::SOCKET_FAILED, _) | (code::SETSOCKOPT_FAILED, _) => {
-            (Outcome::CouldNotTest, format!("could not create the socket: {}", err()))
-        }
+        (sys::CODE_PRIVILEGE_DROP_FAILED, _) => (
+            Outcome::CouldNotTest,
+            format!("could not switch to the account: {}", err()),
+        ),
+        (sys::CODE_PANICKED, _) => (
+            Outcome::CouldNotTest,
+            "the probe child panicked".to_string(),
+        ),
+        (code::SOCKET_FAILED, _) | (code::SETSOCKOPT_FAILED, _) => (
+            Outcome::CouldNotTest,
+            format!("could not create the socket: {}", err()),
+        ),
         (code::CONNECTED_OR_SENT, None) => (
             Outcome::Open,
             match channel.proto {
@@ -451,43 +550,66 @@ fn judge(channel: &Channel, outcome: Option<RawOutcome>, counted: u64, counter_n
             },
         ),
         (code::ECHO_REPLY, None) => (Outcome::Open, "echo reply received".to_string()),
-        (code::SEND_FAILED, Some(ours)) => {
-            let expected = verdict.map(Verdict::sender_errno);
-            let note = if expected.is_some_and(|e| e != o.errno) {
-                format!(" (our verdict gives {})", errno_name(expected.unwrap_or_default()))
-            } else {
-                String::new()
-            };
-            (Outcome::Blocked, format!("{}{note}, {ours}", err()))
-        }
+        (code::SEND_FAILED, Some(ours)) => (Outcome::Blocked, format!("{}, {ours}", err())),
         (code::NO_ECHO_REPLY, Some(ours)) => (Outcome::Blocked, format!("no reply, {ours}")),
-        (_, Some(ours)) => (Outcome::Blocked, format!("{ours}, though the attempt reported success")),
-        (code::SEND_FAILED, None) if o.errno == libc::ECONNREFUSED => {
-            (Outcome::Open, "reached the target, which refused the port (ECONNREFUSED), no rule of ours counted it".to_string())
-        }
-        (code::SEND_FAILED, None) => (Outcome::CouldNotTest, format!("failed with {} and no rule of ours counted it", err())),
-        (code::NO_ECHO_REPLY, None) => (Outcome::CouldNotTest, "sent, no reply within 1 s, no rule of ours counted it".to_string()),
-        (code::TIMED_OUT, None) => (Outcome::CouldNotTest, "no answer within 3 s and no rule of ours counted it".to_string()),
-        (other, None) => (Outcome::CouldNotTest, format!("unknown result code {other}")),
+        (_, Some(ours)) => (
+            Outcome::Blocked,
+            format!("{ours}, though the attempt reported success"),
+        ),
+        (code::SEND_FAILED, None) if o.errno == libc::ECONNREFUSED => (
+            Outcome::Open,
+            "ECONNREFUSED from the target; no rule of ours counted it".to_string(),
+        ),
+        (code::SEND_FAILED, None) => (
+            Outcome::CouldNotTest,
+            format!("failed with {} and no rule of ours counted it", err()),
+        ),
+        (code::NO_ECHO_REPLY, None) => (
+            Outcome::CouldNotTest,
+            "sent, no reply within 1 s, no rule of ours counted it".to_string(),
+        ),
+        (code::TIMED_OUT, None) => (
+            Outcome::CouldNotTest,
+            "no answer within 3 s and no rule of ours counted it".to_string(),
+        ),
+        (other, None) => (
+            Outcome::CouldNotTest,
+            format!("unknown result code {other}"),
+        ),
     };
-    Judged { result, evidence: format!("{evidence}{socket_kind}") }
+    Judged {
+        result,
+        evidence: format!("{evidence}{socket_kind}"),
+    }
 }
 
 fn counters(nft: &Nft) -> Result<BTreeMap<String, u64>, nft::BackendError> {
-    Ok(nft::read_live(nft)?.map(|live| nft::state::rule_counters(&live.listing)).unwrap_or_default())
+    Ok(nft::read_live(nft)?
+        .map(|live| nft::state::rule_counters(&live.listing))
+        .unwrap_or_default())
 }
 
 /// Runs the matrix for every account. `rendered` is the policy's rendering (for which rule
 /// covers which channel); the live uid set decides which accounts are expected to be blocked.
-pub fn probe(nft: &Nft, policy: &crate::policy::Policy, rendered: &Rendered, accounts: &[Account], targets: &[IpAddr]) -> Result<Report, ProbeError> {
+pub fn probe(
+    nft: &Nft,
+    policy: &crate::policy::Policy,
+    rendered: &Rendered,
+    accounts: &[Account],
+    targets: &[IpAddr],
+) -> Result<Report, ProbeError> {
     if !sys::is_root() {
         return Err(ProbeError::NotRoot);
     }
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|source| ProbeError::Io { action: "opening the control listener on 127.0.0.1", source })?;
-    let control = listener
-        .local_addr()
-        .map_err(|source| ProbeError::Io { action: "reading the control listener's address", source })?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| ProbeError::Io {
+            action: "opening the control listener on 127.0.0.1",
+            source,
+        })?;
+    let control = listener.local_addr().map_err(|source| ProbeError::Io {
+        action: "reading the control listener's address",
+        source,
+    })?;
     let live_uids: BTreeSet<u32> = nft::read_live(nft)?
         .and_then(|l| l.state.uid_set.map(|s| s.uids))
         .unwrap_or_default();
@@ -501,10 +623,19 @@ pub fn probe(nft: &Nft, policy: &crate::policy::Policy, rendered: &Rendered, acc
                 None
             } else {
                 rendered.egress.iter().find(|r| {
-                    r.catches(channel.wire_family, channel.proto.name(), Some(channel.dest.port()), loopback)
+                    r.catches(
+                        channel.wire_family,
+                        channel.proto.name(),
+                        Some(channel.dest.port()),
+                        loopback,
+                    )
                 })
             };
-            let expected = if sandboxed && rule.is_some() { Outcome::Blocked } else { Outcome::Open };
+            let expected = if sandboxed && rule.is_some() {
+                Outcome::Blocked
+            } else {
+                Outcome::Open
+            };
             let counter_name = rule.and_then(|r| r.rule.comment.clone());
             let before = counters(nft)?;
             let dest = channel.dest;
@@ -514,13 +645,28 @@ pub fn probe(nft: &Nft, policy: &crate::policy::Policy, rendered: &Rendered, acc
                 Proto::Udp => Box::new(move || attempt_udp(dest)),
                 Proto::Icmp => Box::new(move || attempt_icmp(dest)),
             };
-            let outcome = sys::run_as(account.uid, account.gid, channel.proto == Proto::Icmp, CHILD_LIMIT, &*attempt)
-                .map_err(|source| ProbeError::Io { action: "running a probe child", source })?;
+            let outcome = sys::run_as(
+                account.uid,
+                account.gid,
+                channel.proto == Proto::Icmp,
+                CHILD_LIMIT,
+                &*attempt,
+            )
+            .map_err(|source| ProbeError::Io {
+                action: "running a probe child",
+                source,
+            })?;
             let millis = started.elapsed().as_secs_f64() * 1000.0;
             let after = counters(nft)?;
             // The covering rule's counter is the evidence; with no covering rule (a control
             // channel), any of our counters moving is reported, since nothing of ours should.
-            let moved = |name: &str| after.get(name).copied().unwrap_or(0).saturating_sub(before.get(name).copied().unwrap_or(0));
+            let moved = |name: &str| {
+                after
+                    .get(name)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(before.get(name).copied().unwrap_or(0))
+            };
             let (counted, name) = match &counter_name {
                 Some(name) => (moved(name), Some(name.clone())),
                 None => after
@@ -529,7 +675,7 @@ pub fn probe(nft: &Nft, policy: &crate::policy::Policy, rendered: &Rendered, acc
                     .find(|(n, _)| *n > 0)
                     .unwrap_or((0, None)),
             };
-            let judged = judge(channel, outcome, counted, name.as_deref(), rule.map(|r| r.verdict));
+            let judged = judge(channel, outcome, counted, name.as_deref());
             rows.push(Row {
                 account: account.label(),
                 uid: account.uid,
@@ -563,7 +709,10 @@ mod tests {
         let c = chans(Preset::BypassSurfaces, &DEFAULT_TARGETS);
         // v4: icmp + 4 ports x (udp, tcp) x (v4, mapped); v6: icmp + 4 x 2; control.
         assert_eq!(c.len(), 1 + 16 + 1 + 8 + 1);
-        assert!(c.iter().all(|ch| is_loopback_dest(&ch.dest)), "default probe left the machine");
+        assert!(
+            c.iter().all(|ch| is_loopback_dest(&ch.dest)),
+            "default probe left the machine"
+        );
         assert_eq!(c.iter().filter(|ch| ch.control).count(), 1);
     }
 
@@ -573,7 +722,14 @@ mod tests {
         let rendered = render(&policy, &[1000].into_iter().collect());
         for ch in chans(Preset::BypassSurfaces, &DEFAULT_TARGETS) {
             let loopback = is_loopback_dest(&ch.dest);
-            let covered = rendered.egress.iter().any(|r| r.catches(ch.wire_family, ch.proto.name(), Some(ch.dest.port()), loopback));
+            let covered = rendered.egress.iter().any(|r| {
+                r.catches(
+                    ch.wire_family,
+                    ch.proto.name(),
+                    Some(ch.dest.port()),
+                    loopback,
+                )
+            });
             assert_eq!(covered, !ch.control, "{}", ch.label);
         }
     }
@@ -584,24 +740,44 @@ mod tests {
         let rendered = render(&policy, &[1000].into_iter().collect());
         let remote: IpAddr = "192.0.2.1".parse().unwrap();
         let find = |label: &str, target: IpAddr| {
-            let ch = chans(Preset::Offline, &[target]).into_iter().find(|c| c.label == label).unwrap();
+            let ch = chans(Preset::Offline, &[target])
+                .into_iter()
+                .find(|c| c.label == label)
+                .unwrap();
             let lo = is_loopback_dest(&ch.dest);
-            rendered.egress.iter().any(|r| r.catches(ch.wire_family, ch.proto.name(), Some(ch.dest.port()), lo))
+            rendered
+                .egress
+                .iter()
+                .any(|r| r.catches(ch.wire_family, ch.proto.name(), Some(ch.dest.port()), lo))
         };
         assert!(find("tcp/80 v4", remote));
         assert!(!find("tcp/80 v4", DEFAULT_TARGETS[0]));
-        assert!(find("udp/53 v4", DEFAULT_TARGETS[0]), "the bypass rules still apply on loopback");
+        assert!(
+            find("udp/53 v4", DEFAULT_TARGETS[0]),
+            "the bypass rules still apply on loopback"
+        );
     }
 
     #[test]
     fn blocked_needs_our_counter_not_just_an_errno() {
         let ch = &chans(Preset::BypassSurfaces, &DEFAULT_TARGETS)[2];
-        let refused = Some(RawOutcome { code: code::SEND_FAILED, errno: libc::ECONNREFUSED, detail: 0 });
-        assert_eq!(judge(ch, refused, 0, Some("r"), Some(Verdict::RejectTcpReset)).result, Outcome::Open);
-        assert_eq!(judge(ch, refused, 1, Some("r"), Some(Verdict::RejectTcpReset)).result, Outcome::Blocked);
-        let timeout = Some(RawOutcome { code: code::TIMED_OUT, errno: 0, detail: 0 });
-        assert_eq!(judge(ch, timeout, 0, Some("r"), None).result, Outcome::CouldNotTest);
-        assert_eq!(judge(ch, None, 0, None, None).result, Outcome::CouldNotTest);
+        let refused = Some(RawOutcome {
+            code: code::SEND_FAILED,
+            errno: libc::ECONNREFUSED,
+            detail: 0,
+        });
+        assert_eq!(judge(ch, refused, 0, Some("r")).result, Outcome::Open);
+        assert_eq!(judge(ch, refused, 1, Some("r")).result, Outcome::Blocked);
+        let timeout = Some(RawOutcome {
+            code: code::TIMED_OUT,
+            errno: 0,
+            detail: 0,
+        });
+        assert_eq!(
+            judge(ch, timeout, 0, Some("r")).result,
+            Outcome::CouldNotTest
+        );
+        assert_eq!(judge(ch, None, 0, None).result, Outcome::CouldNotTest);
     }
 
     #[test]

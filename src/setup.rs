@@ -83,8 +83,16 @@ pub struct Expectation {
 
 fn account_for_uid(uid: u32) -> Account {
     match User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(u)) => Account { name: Some(u.name), uid, gid: u.gid.as_raw() },
-        _ => Account { name: None, uid, gid: uid },
+        Ok(Some(u)) => Account {
+            name: Some(u.name),
+            uid,
+            gid: u.gid.as_raw(),
+        },
+        _ => Account {
+            name: None,
+            uid,
+            gid: uid,
+        },
     }
 }
 
@@ -114,21 +122,52 @@ pub fn expectation(ctx: &Context, req: &Request) -> Result<Expectation, Error> {
         .or_else(|| marker.as_ref().and_then(|m| m.preset.parse().ok()))
         .unwrap_or_default();
     let (accounts, source) = if !req.accounts.is_empty() {
-        let r = accounts::resolve(&req.accounts, &ResolveOptions { create_missing: false, read_only: true })?;
+        let r = accounts::resolve(
+            &req.accounts,
+            &ResolveOptions {
+                create_missing: false,
+                read_only: true,
+            },
+        )?;
         warnings.extend(r.warnings);
         (r.accounts, "--account")
     } else if let Some(m) = marker.as_ref().filter(|m| !m.uids.is_empty()) {
-        (m.uids.iter().map(|&u| account_for_uid(u)).collect(), "marker")
+        (
+            m.uids.iter().map(|&u| account_for_uid(u)).collect(),
+            "marker",
+        )
     } else {
-        match accounts::resolve(&[], &ResolveOptions { create_missing: false, read_only: true }) {
+        match accounts::resolve(
+            &[],
+            &ResolveOptions {
+                create_missing: false,
+                read_only: true,
+            },
+        ) {
             Ok(r) => (r.accounts, "default"),
-            Err(AccountError::Unknown(_)) => return Err(Error::NoAccounts(ctx.state_dir.display().to_string())),
+            Err(AccountError::Unknown(_)) => {
+                // Last resort: whoever the live set names. Good enough to probe them and to
+                // compare the rules; it cannot show uids that went missing from the set.
+                let live_uids = nft::read_live(&ctx.nft)?
+                    .and_then(|l| l.state.uid_set)
+                    .map(|s| s.uids);
+                match live_uids.filter(|u| !u.is_empty()) {
+                    Some(uids) => (uids.into_iter().map(account_for_uid).collect(), "live set"),
+                    None => return Err(Error::NoAccounts(ctx.state_dir.display().to_string())),
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     };
     let policy = Policy::preset(preset);
     let rendered = render(&policy, &uids(&accounts));
-    Ok(Expectation { accounts, policy, rendered, warnings, source })
+    Ok(Expectation {
+        accounts,
+        policy,
+        rendered,
+        warnings,
+        source,
+    })
 }
 
 /// The state of the live table against the expectation.
@@ -166,21 +205,40 @@ pub struct StatusReport {
 
 /// Compares the live table with what is expected; changes nothing.
 pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
-    let mut exp = expectation(ctx, req)?;
+    let mut exp = match expectation(ctx, req) {
+        Err(Error::NoAccounts(_)) if nft::read_live(&ctx.nft)?.is_none() => {
+            // Nothing installed and nothing to expect: that is simply "not installed".
+            let policy = Policy::preset(req.preset.unwrap_or_default());
+            let rendered = render(&policy, &BTreeSet::new());
+            Expectation {
+                accounts: Vec::new(),
+                policy,
+                rendered,
+                warnings: Vec::new(),
+                source: "none",
+            }
+        }
+        other => other?,
+    };
     let live = nft::read_live(&ctx.nft)?;
     let differences = diff(&exp.rendered.table, live.as_ref().map(|l| &l.state));
     if let Some(live) = &live {
         let foreign = live.state.foreign_content();
         if !foreign.is_empty() {
-            exp.warnings.push(format!("table inet userwall holds objects userwall did not create: {}", foreign.join("; ")));
+            exp.warnings.push(format!(
+                "table inet userwall holds objects userwall did not create: {}",
+                foreign.join("; ")
+            ));
         }
     }
+    let marker = read_marker(ctx, &mut Vec::new())?;
+    // A missing table after a recorded setup is drift (someone deleted it), not a fresh machine.
     let state = match (&live, differences.is_empty()) {
-        (None, _) => Sync::NotInstalled,
+        (None, _) if marker.is_none() => Sync::NotInstalled,
+        (None, _) => Sync::Drifted,
         (Some(_), true) => Sync::InSync,
         (Some(_), false) => Sync::Drifted,
     };
-    let marker = read_marker(ctx, &mut Vec::new())?;
     Ok(StatusReport {
         state,
         preset: exp.policy.preset.name().into(),
@@ -231,17 +289,29 @@ pub struct SetupReport {
     pub policy: Option<Policy>,
 }
 
-fn timed<T>(steps: &mut Vec<Step>, step: &'static str, f: impl FnOnce() -> Result<(T, String), Error>) -> Result<T, Error> {
+fn timed<T>(
+    steps: &mut Vec<Step>,
+    step: &'static str,
+    f: impl FnOnce() -> Result<(T, String), Error>,
+) -> Result<T, Error> {
     let start = Instant::now();
     let result = f();
     let millis = duration_ms(start.elapsed());
     match result {
         Ok((value, outcome)) => {
-            steps.push(Step { step, outcome, millis });
+            steps.push(Step {
+                step,
+                outcome,
+                millis,
+            });
             Ok(value)
         }
         Err(e) => {
-            steps.push(Step { step, outcome: format!("failed: {e}"), millis });
+            steps.push(Step {
+                step,
+                outcome: format!("failed: {e}"),
+                millis,
+            });
             Err(e)
         }
     }
@@ -260,7 +330,13 @@ pub fn setup(ctx: &Context, req: &Request) -> Result<SetupReport, Error> {
     let mut steps = Vec::new();
     let mut warnings = Vec::new();
     let resolved = timed(&mut steps, "resolve_accounts", || {
-        let r = accounts::resolve(&req.accounts, &ResolveOptions { create_missing: req.create_account, read_only: false })?;
+        let r = accounts::resolve(
+            &req.accounts,
+            &ResolveOptions {
+                create_missing: req.create_account,
+                read_only: false,
+            },
+        )?;
         let labels: Vec<String> = r.accounts.iter().map(Account::label).collect();
         Ok((r, labels.join(", ")))
     })?;
@@ -280,10 +356,20 @@ pub fn setup(ctx: &Context, req: &Request) -> Result<SetupReport, Error> {
     if wrote_firewall {
         timed(&mut steps, "apply", || {
             nft::replace(&ctx.nft, &rendered.table, live.as_ref())?;
-            Ok(((), format!("replaced table inet userwall ({} rules) and read it back in sync", rendered.table.rules.len())))
+            Ok((
+                (),
+                format!(
+                    "replaced table inet userwall ({} rules) and read it back in sync",
+                    rendered.table.rules.len()
+                ),
+            ))
         })?;
     } else {
-        steps.push(Step { step: "apply", outcome: "skipped: live table already matches".into(), millis: 0.0 });
+        steps.push(Step {
+            step: "apply",
+            outcome: "skipped: live table already matches".into(),
+            millis: 0.0,
+        });
     }
     let marker = Marker {
         setup_version: SETUP_VERSION,
@@ -293,11 +379,16 @@ pub fn setup(ctx: &Context, req: &Request) -> Result<SetupReport, Error> {
         policy_fingerprint: policy.fingerprint(),
         written_at: marker::now_rfc3339(),
     };
-    let wrote_marker = !marker_before.as_ref().is_some_and(|m| m.same_install(&marker));
+    let wrote_marker = !marker_before
+        .as_ref()
+        .is_some_and(|m| m.same_install(&marker));
     if wrote_marker {
         timed(&mut steps, "write_marker", || {
             marker::write(&ctx.state_dir, &marker)?;
-            Ok(((), marker::marker_path(&ctx.state_dir).display().to_string()))
+            Ok((
+                (),
+                marker::marker_path(&ctx.state_dir).display().to_string(),
+            ))
         })?;
     }
     Ok(SetupReport {
@@ -330,7 +421,10 @@ pub fn uninstall(ctx: &Context) -> Result<UninstallReport, Error> {
     }
     let removed_table = nft::remove(&ctx.nft)?;
     let removed_marker = marker::remove(&ctx.state_dir)?;
-    Ok(UninstallReport { removed_table, removed_marker })
+    Ok(UninstallReport {
+        removed_table,
+        removed_marker,
+    })
 }
 
 /// What `plan` reports.
@@ -356,13 +450,24 @@ pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
         req.accounts.clone()
     };
     for value in &candidates {
-        match accounts::resolve(std::slice::from_ref(value), &ResolveOptions { create_missing: false, read_only: true }) {
+        match accounts::resolve(
+            std::slice::from_ref(value),
+            &ResolveOptions {
+                create_missing: false,
+                read_only: true,
+            },
+        ) {
             Ok(_) => existing.push(value.clone()),
-            Err(AccountError::Unknown(name)) if defaulted || req.create_account => would_create.push(name),
+            Err(AccountError::Unknown(name)) if defaulted || req.create_account => {
+                would_create.push(name)
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    let mut changes: Vec<String> = would_create.iter().map(|n| format!("+ account {n} (locked system account, created by setup)")).collect();
+    let mut changes: Vec<String> = would_create
+        .iter()
+        .map(|n| format!("+ account {n} (locked system account, created by setup)"))
+        .collect();
     let status = if existing.is_empty() && !would_create.is_empty() {
         let live = nft::read_live(&ctx.nft)?;
         changes.push(if live.is_some() {
@@ -372,7 +477,14 @@ pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
         });
         None
     } else {
-        let sub = Request { accounts: if defaulted && has_marker { Vec::new() } else { existing }, ..req.clone() };
+        let sub = Request {
+            accounts: if defaulted && has_marker {
+                Vec::new()
+            } else {
+                existing
+            },
+            ..req.clone()
+        };
         let s = status(ctx, &sub)?;
         changes.extend(s.diff.iter().cloned());
         if !would_create.is_empty() && !changes.iter().any(|c| c.contains("sandbox uids")) {
@@ -380,5 +492,9 @@ pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
         }
         Some(s)
     };
-    Ok(PlanReport { would_create_accounts: would_create, status, changes })
+    Ok(PlanReport {
+        would_create_accounts: would_create,
+        status,
+        changes,
+    })
 }

@@ -47,9 +47,23 @@ struct CapData {
 
 /// Leaves only CAP_NET_RAW in the permitted and effective sets, nothing inheritable.
 fn keep_only_net_raw() -> Result<(), Errno> {
-    let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let bit = 1u32 << CAP_NET_RAW;
-    let data = [CapData { effective: bit, permitted: bit, inheritable: 0 }, CapData { effective: 0, permitted: 0, inheritable: 0 }];
+    let data = [
+        CapData {
+            effective: bit,
+            permitted: bit,
+            inheritable: 0,
+        },
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
     // SAFETY: capset(2) reads one header and, for version 3, two data structs; both live on this
     // stack frame for the duration of the call and have the kernel's layout (#[repr(C)], u32s).
     let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
@@ -90,11 +104,26 @@ fn decode(b: &[u8; 12]) -> RawOutcome {
     }
 }
 
-fn child(write_end: OwnedFd, uid: u32, gid: u32, keep_net_raw: bool, attempt: &dyn Fn() -> RawOutcome) -> ! {
+fn child(
+    write_end: OwnedFd,
+    uid: u32,
+    gid: u32,
+    keep_net_raw: bool,
+    attempt: &dyn Fn() -> RawOutcome,
+) -> ! {
     let outcome = match become_account(uid, gid, keep_net_raw) {
-        Err(e) => RawOutcome { code: CODE_PRIVILEGE_DROP_FAILED, errno: e as i32, detail: 0 },
-        Ok(()) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(attempt))
-            .unwrap_or(RawOutcome { code: CODE_PANICKED, errno: 0, detail: 0 }),
+        Err(e) => RawOutcome {
+            code: CODE_PRIVILEGE_DROP_FAILED,
+            errno: e as i32,
+            detail: 0,
+        },
+        Ok(()) => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(attempt)).unwrap_or(RawOutcome {
+                code: CODE_PANICKED,
+                errno: 0,
+                detail: 0,
+            })
+        }
     };
     let _ = write(write_end.as_fd(), &encode(outcome));
     // SAFETY: _exit ends the forked child without running the parent's atexit handlers or
@@ -169,7 +198,11 @@ mod tests {
 
     #[test]
     fn outcome_round_trips_through_bytes() {
-        let o = RawOutcome { code: 7, errno: -3, detail: 0xffff_ffff };
+        let o = RawOutcome {
+            code: 7,
+            errno: -3,
+            detail: 0xffff_ffff,
+        };
         assert_eq!(decode(&encode(o)), o);
     }
 }

@@ -70,15 +70,26 @@ pub enum Difference {
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Difference::TableMissing => write!(f, "+ table {} {}", crate::ids::NFT_FAMILY, crate::ids::NFT_TABLE),
+            Difference::TableMissing => write!(
+                f,
+                "+ table {} {}",
+                crate::ids::NFT_FAMILY,
+                crate::ids::NFT_TABLE
+            ),
             Difference::UidSetMissing => write!(f, "+ set {}", crate::ids::NFT_UID_SET),
             Difference::UidSetType { expected, found } => {
-                write!(f, "~ set {} type {found} -> {expected}", crate::ids::NFT_UID_SET)
+                write!(
+                    f,
+                    "~ set {} type {found} -> {expected}",
+                    crate::ids::NFT_UID_SET
+                )
             }
             Difference::UidsMissing { uids } => write!(f, "+ sandbox uids {}", join(uids)),
             Difference::UidsUnexpected { uids } => write!(f, "- sandbox uids {}", join(uids)),
             Difference::ChainMissing { chain } => write!(f, "+ chain {chain}"),
-            Difference::ChainChanged { chain } => write!(f, "~ chain {chain} (hook, priority or policy)"),
+            Difference::ChainChanged { chain } => {
+                write!(f, "~ chain {chain} (hook, priority or policy)")
+            }
             Difference::RuleMissing { chain, rule } => write!(f, "+ rule {chain}: {rule}"),
             Difference::RuleUnexpected { chain, rule } => write!(f, "- rule {chain}: {rule}"),
             Difference::RuleChanged { chain, rule } => write!(f, "~ rule {chain}: {rule}"),
@@ -88,7 +99,10 @@ impl fmt::Display for Difference {
 }
 
 fn join(uids: &[u32]) -> String {
-    uids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn label(rule: &NftRule) -> String {
@@ -124,22 +138,36 @@ pub fn diff(expected: &TableState, live: Option<&TableState>) -> Vec<Difference>
     }
     for chain in &expected.chains {
         match live.chains.iter().find(|c| c.name == chain.name) {
-            None => out.push(Difference::ChainMissing { chain: chain.name.clone() }),
-            Some(found) if found != chain => {
-                out.push(Difference::ChainChanged { chain: chain.name.clone() })
-            }
+            None => out.push(Difference::ChainMissing {
+                chain: chain.name.clone(),
+            }),
+            Some(found) if found != chain => out.push(Difference::ChainChanged {
+                chain: chain.name.clone(),
+            }),
             Some(_) => {}
         }
     }
     for chain in &expected.chains {
-        let want: Vec<&NftRule> = expected.rules.iter().filter(|r| r.chain == chain.name).collect();
-        let have: Vec<&NftRule> = live.rules.iter().filter(|r| r.chain == chain.name).collect();
+        let want: Vec<&NftRule> = expected
+            .rules
+            .iter()
+            .filter(|r| r.chain == chain.name)
+            .collect();
+        let have: Vec<&NftRule> = live
+            .rules
+            .iter()
+            .filter(|r| r.chain == chain.name)
+            .collect();
         for rule in &want {
             match have.iter().find(|h| h.comment == rule.comment) {
-                None => out.push(Difference::RuleMissing { chain: chain.name.clone(), rule: label(rule) }),
-                Some(h) if h.expr != rule.expr => {
-                    out.push(Difference::RuleChanged { chain: chain.name.clone(), rule: label(rule) })
-                }
+                None => out.push(Difference::RuleMissing {
+                    chain: chain.name.clone(),
+                    rule: label(rule),
+                }),
+                Some(h) if h.expr != rule.expr => out.push(Difference::RuleChanged {
+                    chain: chain.name.clone(),
+                    rule: label(rule),
+                }),
                 Some(_) => {}
             }
         }
@@ -147,13 +175,18 @@ pub fn diff(expected: &TableState, live: Option<&TableState>) -> Vec<Difference>
             let known = want.iter().any(|w| w.comment == rule.comment);
             let duplicate = have.iter().filter(|h| h.comment == rule.comment).count() > 1;
             if !known || duplicate {
-                out.push(Difference::RuleUnexpected { chain: chain.name.clone(), rule: label(rule) });
+                out.push(Difference::RuleUnexpected {
+                    chain: chain.name.clone(),
+                    rule: label(rule),
+                });
             }
         }
-        let same_members = want.len() == have.len()
-            && want.iter().all(|w| have.iter().any(|h| h == w));
+        let same_members =
+            want.len() == have.len() && want.iter().all(|w| have.iter().any(|h| h == w));
         if same_members && want.iter().zip(&have).any(|(w, h)| w != h) {
-            out.push(Difference::RulesReordered { chain: chain.name.clone() });
+            out.push(Difference::RulesReordered {
+                chain: chain.name.clone(),
+            });
         }
     }
     out.dedup();
@@ -168,7 +201,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn expected(uids: &[u32]) -> TableState {
-        render(&Policy::preset(Preset::BypassSurfaces), &uids.iter().copied().collect::<BTreeSet<_>>()).table
+        render(
+            &Policy::preset(Preset::BypassSurfaces),
+            &uids.iter().copied().collect::<BTreeSet<_>>(),
+        )
+        .table
     }
 
     #[test]
@@ -179,7 +216,10 @@ mod tests {
 
     #[test]
     fn absent_table_is_one_difference() {
-        assert_eq!(diff(&expected(&[1000]), None), vec![Difference::TableMissing]);
+        assert_eq!(
+            diff(&expected(&[1000]), None),
+            vec![Difference::TableMissing]
+        );
     }
 
     #[test]
@@ -188,7 +228,10 @@ mod tests {
         let d = diff(&expected(&[1000, 1002]), Some(&live));
         assert_eq!(
             d,
-            vec![Difference::UidsMissing { uids: vec![1002] }, Difference::UidsUnexpected { uids: vec![1001] }]
+            vec![
+                Difference::UidsMissing { uids: vec![1002] },
+                Difference::UidsUnexpected { uids: vec![1001] }
+            ]
         );
     }
 
@@ -216,14 +259,22 @@ mod tests {
         let want = expected(&[1000]);
         let mut live = want.clone();
         live.rules.swap(1, 2);
-        assert_eq!(diff(&want, Some(&live)), vec![Difference::RulesReordered { chain: "sandbox_egress".into() }]);
+        assert_eq!(
+            diff(&want, Some(&live)),
+            vec![Difference::RulesReordered {
+                chain: "sandbox_egress".into()
+            }]
+        );
         let mut live = want.clone();
         let mut extra = live.rules[1].clone();
         extra.comment = Some("userwall:someone else's".into());
         live.rules.push(extra);
         assert_eq!(
             diff(&want, Some(&live)),
-            vec![Difference::RuleUnexpected { chain: "sandbox_egress".into(), rule: "userwall:someone else's".into() }]
+            vec![Difference::RuleUnexpected {
+                chain: "sandbox_egress".into(),
+                rule: "userwall:someone else's".into()
+            }]
         );
     }
 
@@ -242,6 +293,11 @@ mod tests {
         let want = expected(&[1000]);
         let mut live = want.clone();
         live.chains[0].hook.as_mut().unwrap().policy = "drop".into();
-        assert_eq!(diff(&want, Some(&live)), vec![Difference::ChainChanged { chain: "output".into() }]);
+        assert_eq!(
+            diff(&want, Some(&live)),
+            vec![Difference::ChainChanged {
+                chain: "output".into()
+            }]
+        );
     }
 }

@@ -68,7 +68,11 @@ fn refuse_foreign(live: Option<&LiveTable>) -> Result<(), BackendError> {
 
 /// Replaces our table with `desired` in one nft transaction, then reads it back and fails if it
 /// differs. `live` is what the caller read just before.
-pub fn replace(nft: &Nft, desired: &TableState, live: Option<&LiveTable>) -> Result<(), BackendError> {
+pub fn replace(
+    nft: &Nft,
+    desired: &TableState,
+    live: Option<&LiveTable>,
+) -> Result<(), BackendError> {
     refuse_foreign(live)?;
     nft.apply(&desired.replace_batch(), "replacing table inet userwall")?;
     let after = read_live(nft)?;

@@ -102,7 +102,13 @@ impl RenderedRule {
     /// Whether this rule catches a packet of a sandbox-owned socket. `protocol` is the
     /// transport ("tcp", "udp", "icmp"), `port` its remote port, `loopback` whether the
     /// destination is on this host's loopback.
-    pub fn catches(&self, family: Family, protocol: &str, port: Option<u16>, loopback: bool) -> bool {
+    pub fn catches(
+        &self,
+        family: Family,
+        protocol: &str,
+        port: Option<u16>,
+        loopback: bool,
+    ) -> bool {
         if family != self.family || (loopback && self.exempts_loopback) {
             return false;
         }
@@ -146,7 +152,10 @@ fn nfproto(family: Family) -> (Value, String) {
         Family::V4 => "ipv4",
         Family::V6 => "ipv6",
     };
-    (matches("==", meta("nfproto"), json!(name)), format!("meta nfproto {name}"))
+    (
+        matches("==", meta("nfproto"), json!(name)),
+        format!("meta nfproto {name}"),
+    )
 }
 
 fn comment(source: &str, detail: &str) -> String {
@@ -171,7 +180,12 @@ struct Builder {
 
 impl Builder {
     fn new(source: &'static str, family: Family) -> Self {
-        Builder { source, family, exprs: Vec::new(), words: Vec::new() }
+        Builder {
+            source,
+            family,
+            exprs: Vec::new(),
+            words: Vec::new(),
+        }
     }
 
     fn with(mut self, expr: Value, text: impl Into<String>) -> Self {
@@ -226,7 +240,10 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
                 Family::V4 => ("icmp", Verdict::Drop),
                 Family::V6 => ("ipv6-icmp", Verdict::RejectIcmpv6AdminProhibited),
             };
-            let b = new().with(matches("==", meta("l4proto"), json!(l4)), format!("meta l4proto {l4}"));
+            let b = new().with(
+                matches("==", meta("l4proto"), json!(l4)),
+                format!("meta l4proto {l4}"),
+            );
             let covered: Vec<&str> = policy
                 .rules
                 .iter()
@@ -236,23 +253,42 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
             let detail = if covered.is_empty() {
                 String::new()
             } else {
-                format!("(also covers {}: nftables has no bind hook)", covered.join(", "))
+                format!(
+                    "(also covers {}: nftables has no bind hook)",
+                    covered.join(", ")
+                )
             };
             vec![b.finish(Transport::Icmp, None, false, verdict, &detail)]
         }
         Match::RemotePort(port) => {
             let tcp = new()
                 .with(proto_match.clone(), proto_text.clone())
-                .with(matches("==", payload("tcp", "dport"), json!(port)), format!("tcp dport {port}"))
-                .finish(Transport::Tcp, Some(port), false, Verdict::RejectTcpReset, "tcp");
+                .with(
+                    matches("==", payload("tcp", "dport"), json!(port)),
+                    format!("tcp dport {port}"),
+                )
+                .finish(
+                    Transport::Tcp,
+                    Some(port),
+                    false,
+                    Verdict::RejectTcpReset,
+                    "tcp",
+                );
             let others = PORT_PROTOCOLS_BUT_TCP.join(", ");
             let other = new()
                 .with(proto_match, proto_text)
                 .with(
-                    matches("==", meta("l4proto"), json!({"set": PORT_PROTOCOLS_BUT_TCP})),
+                    matches(
+                        "==",
+                        meta("l4proto"),
+                        json!({"set": PORT_PROTOCOLS_BUT_TCP}),
+                    ),
                     format!("meta l4proto {{ {others} }}"),
                 )
-                .with(matches("==", payload("th", "dport"), json!(port)), format!("th dport {port}"))
+                .with(
+                    matches("==", payload("th", "dport"), json!(port)),
+                    format!("th dport {port}"),
+                )
                 .finish(
                     Transport::PortProtocolsButTcp,
                     Some(port),
@@ -265,16 +301,28 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
         Match::AllButLoopback => {
             // Traffic to any of this host's own addresses is routed over `lo`, which is what
             // "loopback" means to WFP's IS_LOOPBACK flag as well.
-            let not_lo = (matches("!=", meta("oifname"), json!("lo")), "oifname != \"lo\"");
+            let not_lo = (
+                matches("!=", meta("oifname"), json!("lo")),
+                "oifname != \"lo\"",
+            );
             let tcp = new()
                 .with(proto_match.clone(), proto_text.clone())
                 .with(not_lo.0.clone(), not_lo.1)
-                .with(matches("==", meta("l4proto"), json!("tcp")), "meta l4proto tcp")
+                .with(
+                    matches("==", meta("l4proto"), json!("tcp")),
+                    "meta l4proto tcp",
+                )
                 .finish(Transport::Tcp, None, true, Verdict::RejectTcpReset, "tcp");
             let other = new()
                 .with(proto_match, proto_text)
                 .with(not_lo.0, not_lo.1)
-                .finish(Transport::AllButTcp, None, true, Verdict::Drop, "other protocols");
+                .finish(
+                    Transport::AllButTcp,
+                    None,
+                    true,
+                    Verdict::Drop,
+                    "other protocols",
+                );
             vec![tcp, other]
         }
     }
@@ -283,12 +331,20 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
 /// Renders the policy for these uids. `uids` must not be empty (an empty set would install a
 /// table that blocks nobody, which is never what a caller meant); callers check that first.
 pub fn render(policy: &Policy, uids: &BTreeSet<u32>) -> Rendered {
-    let egress: Vec<RenderedRule> = policy.rules.iter().flat_map(|r| render_row(r, policy)).collect();
+    let egress: Vec<RenderedRule> = policy
+        .rules
+        .iter()
+        .flat_map(|r| render_row(r, policy))
+        .collect();
     let dispatch = NftRule {
         chain: NFT_OUTPUT_CHAIN.to_string(),
         comment: Some(dispatch_comment()),
         expr: vec![
-            matches("==", meta("skuid"), json!(format!("@{}", crate::ids::NFT_UID_SET))),
+            matches(
+                "==",
+                meta("skuid"),
+                json!(format!("@{}", crate::ids::NFT_UID_SET)),
+            ),
             json!({"jump": {"target": NFT_EGRESS_CHAIN}}),
         ],
         text: Some(format!(
@@ -300,10 +356,19 @@ pub fn render(policy: &Policy, uids: &BTreeSet<u32>) -> Rendered {
     let mut rules = vec![dispatch];
     rules.extend(egress.iter().map(|r| r.rule.clone()));
     let table = TableState {
-        uid_set: Some(UidSet { type_name: "uid".into(), uids: uids.clone() }),
+        uid_set: Some(UidSet {
+            type_name: "uid".into(),
+            uids: uids.clone(),
+        }),
         chains: vec![
-            Chain { name: NFT_OUTPUT_CHAIN.into(), hook: Some(super::state::BaseHook::output()) },
-            Chain { name: NFT_EGRESS_CHAIN.into(), hook: None },
+            Chain {
+                name: NFT_OUTPUT_CHAIN.into(),
+                hook: Some(super::state::BaseHook::output()),
+            },
+            Chain {
+                name: NFT_EGRESS_CHAIN.into(),
+                hook: None,
+            },
         ],
         rules,
         foreign_objects: Vec::new(),
@@ -314,10 +379,18 @@ pub fn render(policy: &Policy, uids: &BTreeSet<u32>) -> Rendered {
 /// The same table as `nft` text, in the layout `nft -s list table` prints. The
 /// golden files keep this beside the JSON so a reviewer can read what is installed.
 pub fn to_nft_text(table: &TableState) -> String {
-    let mut out = format!("table {} {} {{\n", crate::ids::NFT_FAMILY, crate::ids::NFT_TABLE);
+    let mut out = format!(
+        "table {} {} {{\n",
+        crate::ids::NFT_FAMILY,
+        crate::ids::NFT_TABLE
+    );
     if let Some(set) = &table.uid_set {
         let elems: Vec<String> = set.uids.iter().map(u32::to_string).collect();
-        out += &format!("\tset {} {{\n\t\ttype {}\n", crate::ids::NFT_UID_SET, set.type_name);
+        out += &format!(
+            "\tset {} {{\n\t\ttype {}\n",
+            crate::ids::NFT_UID_SET,
+            set.type_name
+        );
         if !elems.is_empty() {
             out += &format!("\t\telements = {{ {} }}\n", elems.join(", "));
         }
@@ -330,12 +403,19 @@ pub fn to_nft_text(table: &TableState) -> String {
                 "\t\ttype {} hook {} priority {}; policy {};\n",
                 hook.chain_type,
                 hook.hook,
-                if hook.priority == 0 { "filter".to_string() } else { hook.priority.to_string() },
+                if hook.priority == 0 {
+                    "filter".to_string()
+                } else {
+                    hook.priority.to_string()
+                },
                 hook.policy
             );
         }
         for rule in table.rules.iter().filter(|r| r.chain == chain.name) {
-            let text = rule.text.clone().unwrap_or_else(|| serde_json::to_string(&rule.expr).unwrap());
+            let text = rule
+                .text
+                .clone()
+                .unwrap_or_else(|| serde_json::to_string(&rule.expr).unwrap());
             out += &format!("\t\t{text}\n");
         }
         out += "\t}\n";

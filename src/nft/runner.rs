@@ -31,21 +31,8 @@ pub enum NftError {
         source: std::io::Error,
     },
     /// It ran and failed.
-    #[error("{program} failed while {action} ({status}): {}{hint}", stderr.trim())]
-    Failed {
-        /// The program.
-        program: String,
-        /// What we were doing.
-        action: String,
-        /// Its exit status.
-        status: String,
-        /// Its standard output.
-        stdout: String,
-        /// Its standard error.
-        stderr: String,
-        /// What to do about it, when we can tell.
-        hint: String,
-    },
+    #[error(transparent)]
+    Failed(Box<NftFailure>),
     /// It printed JSON we could not read.
     #[error("{program} printed output we could not read while {action}: {detail}")]
     BadOutput {
@@ -56,6 +43,24 @@ pub enum NftError {
         /// What was wrong.
         detail: String,
     },
+}
+
+/// The details of a failed nft run: program, what we were doing, and what nft printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{program} failed while {action} ({status}): {}{hint}", stderr.trim())]
+pub struct NftFailure {
+    /// The program.
+    pub program: String,
+    /// What we were doing.
+    pub action: String,
+    /// Its exit status.
+    pub status: String,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+    /// What to do about it, when we can tell.
+    pub hint: String,
 }
 
 /// A handle on the `nft` program.
@@ -73,13 +78,17 @@ impl Default for Nft {
 impl Nft {
     /// `nft` from PATH, or the program named by [`NFT_PROGRAM_ENV`].
     pub fn from_env() -> Self {
-        let program = std::env::var_os(NFT_PROGRAM_ENV).map(PathBuf::from).unwrap_or_else(|| "nft".into());
+        let program = std::env::var_os(NFT_PROGRAM_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "nft".into());
         Nft { program }
     }
 
     /// A specific program.
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
-        Nft { program: program.into() }
+        Nft {
+            program: program.into(),
+        }
     }
 
     fn name(&self) -> String {
@@ -89,14 +98,25 @@ impl Nft {
     fn run(&self, args: &[&str], stdin: Option<&[u8]>, action: &str) -> Result<String, NftError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                NftError::NotFound { program: self.name(), action: action.into() }
+                NftError::NotFound {
+                    program: self.name(),
+                    action: action.into(),
+                }
             } else {
-                NftError::Spawn { program: self.name(), action: action.into(), source }
+                NftError::Spawn {
+                    program: self.name(),
+                    action: action.into(),
+                    source,
+                }
             }
         })?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -104,9 +124,11 @@ impl Nft {
             // which says more than EPIPE would.
             let _ = pipe.write_all(input);
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| NftError::Spawn { program: self.name(), action: action.into(), source })?;
+        let out = child.wait_with_output().map_err(|source| NftError::Spawn {
+            program: self.name(),
+            action: action.into(),
+            source,
+        })?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
@@ -115,14 +137,14 @@ impl Nft {
             } else {
                 String::new()
             };
-            return Err(NftError::Failed {
+            return Err(NftError::Failed(Box::new(NftFailure {
                 program: self.name(),
                 action: action.into(),
                 status: out.status.to_string(),
                 stdout,
                 stderr,
                 hint,
-            });
+            })));
         }
         Ok(stdout)
     }
@@ -139,7 +161,11 @@ impl Nft {
     /// Whether table `family name` exists, from `nft -j list tables`.
     pub fn table_exists(&self, family: &str, name: &str) -> Result<bool, NftError> {
         let listing = self.json(&["-j", "list", "tables"], "listing tables")?;
-        let tables = listing.get("nftables").and_then(Value::as_array).into_iter().flatten();
+        let tables = listing
+            .get("nftables")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
         Ok(tables.filter_map(|i| i.get("table")).any(|t| {
             t.get("family").and_then(Value::as_str) == Some(family)
                 && t.get("name").and_then(Value::as_str) == Some(name)
@@ -148,7 +174,10 @@ impl Nft {
 
     /// `nft -j list table family name`.
     pub fn list_table(&self, family: &str, name: &str) -> Result<Value, NftError> {
-        self.json(&["-j", "list", "table", family, name], &format!("listing table {family} {name}"))
+        self.json(
+            &["-j", "list", "table", family, name],
+            &format!("listing table {family} {name}"),
+        )
     }
 
     /// Runs a JSON batch as one transaction (`nft -j -f -`).
@@ -160,6 +189,7 @@ impl Nft {
     /// Validates a JSON batch without applying it (`nft -c -j -f -`).
     pub fn check(&self, batch: &Value, action: &str) -> Result<(), NftError> {
         let text = serde_json::to_vec(batch).expect("a JSON value serializes");
-        self.run(&["-c", "-j", "-f", "-"], Some(&text), action).map(drop)
+        self.run(&["-c", "-j", "-f", "-"], Some(&text), action)
+            .map(drop)
     }
 }

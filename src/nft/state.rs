@@ -124,30 +124,57 @@ impl TableState {
                         other => other.map(Value::to_string).unwrap_or_default(),
                     };
                     let mut uids = BTreeSet::new();
-                    for elem in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                        let uid = elem.as_u64().and_then(|u| u32::try_from(u).ok()).ok_or_else(|| {
-                            ListingError(format!("set {NFT_UID_SET} holds a non-uid element {elem}"))
-                        })?;
+                    for elem in body
+                        .get("elem")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let uid = elem
+                            .as_u64()
+                            .and_then(|u| u32::try_from(u).ok())
+                            .ok_or_else(|| {
+                                ListingError(format!(
+                                    "set {NFT_UID_SET} holds a non-uid element {elem}"
+                                ))
+                            })?;
                         uids.insert(uid);
                     }
                     state.uid_set = Some(UidSet { type_name, uids });
                 }
                 "chain" if name == NFT_OUTPUT_CHAIN || name == NFT_EGRESS_CHAIN => {
-                    let hook = body.get("hook").and_then(Value::as_str).map(|hook| BaseHook {
-                        chain_type: str_field(body, "type"),
-                        hook: hook.to_string(),
-                        priority: body.get("prio").and_then(Value::as_i64).unwrap_or_default(),
-                        policy: str_field(body, "policy"),
+                    let hook = body
+                        .get("hook")
+                        .and_then(Value::as_str)
+                        .map(|hook| BaseHook {
+                            chain_type: str_field(body, "type"),
+                            hook: hook.to_string(),
+                            priority: body.get("prio").and_then(Value::as_i64).unwrap_or_default(),
+                            policy: str_field(body, "policy"),
+                        });
+                    state.chains.push(Chain {
+                        name: name.to_string(),
+                        hook,
                     });
-                    state.chains.push(Chain { name: name.to_string(), hook });
                 }
                 "rule" => {
                     let chain = str_field(body, "chain");
-                    let comment = body.get("comment").and_then(Value::as_str).map(str::to_string);
-                    let mut expr: Vec<Value> =
-                        body.get("expr").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let comment = body
+                        .get("comment")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    let mut expr: Vec<Value> = body
+                        .get("expr")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     expr.iter_mut().for_each(zero_counters);
-                    state.rules.push(NftRule { chain, comment, expr, text: None });
+                    state.rules.push(NftRule {
+                        chain,
+                        comment,
+                        expr,
+                        text: None,
+                    });
                 }
                 _ => state.foreign_objects.push(format!("{kind} {name}")),
             }
@@ -226,9 +253,15 @@ pub fn delete_batch() -> Value {
 /// Packet counts per rule comment, from a listing.
 pub fn rule_counters(listing: &Value) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();
-    let items = listing.get("nftables").and_then(Value::as_array).into_iter().flatten();
+    let items = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
     for rule in items.filter_map(|i| i.get("rule")) {
-        let Some(comment) = rule.get("comment").and_then(Value::as_str) else { continue };
+        let Some(comment) = rule.get("comment").and_then(Value::as_str) else {
+            continue;
+        };
         let packets = rule
             .get("expr")
             .and_then(Value::as_array)
@@ -242,5 +275,8 @@ pub fn rule_counters(listing: &Value) -> std::collections::BTreeMap<String, u64>
 }
 
 fn str_field(body: &Value, key: &str) -> String {
-    body.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
+    body.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
