@@ -9,6 +9,21 @@
 //! - [`probe`]: proof on the live kernel, as each account.
 //! - [`setup`] and [`marker`]: the versioned setup step a host app or the CLI runs.
 //! - `sys`: the only module with `unsafe` (fork, capabilities).
+//!
+//! A host app's elevated setup step calls [`setup::setup`]; rendering is pure and can be
+//! inspected without privileges:
+//!
+//! ```
+//! use userwall::nft::render::{render, to_nft_text};
+//! use userwall::policy::{Policy, Preset};
+//!
+//! let policy = Policy::preset(Preset::BypassSurfaces);
+//! assert_eq!(policy.rules.len(), 12);
+//! let rendered = render(&policy, &[1001].into_iter().collect());
+//! let text = to_nft_text(&rendered.table);
+//! assert!(text.contains("meta skuid @sandbox_uids jump sandbox_egress"));
+//! assert!(text.contains("tcp dport 53 counter reject with tcp reset"));
+//! ```
 
 #![deny(missing_docs)]
 
