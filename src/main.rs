@@ -41,11 +41,10 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Accounts {
-    /// A sandbox account: user name or numeric uid. Repeat for several. Default: the
-    /// marker's accounts, else userwall-offline.
+    /// A sandbox account: user name or numeric uid. Repeat for several.
     #[arg(long = "account", value_name = "A")]
     accounts: Vec<String>,
-    /// The policy preset. Default: the marker's, else bypass-surfaces.
+    /// The policy preset: bypass-surfaces or offline.
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(PresetArg))]
     preset: Option<PresetArg>,
 }
@@ -63,6 +62,9 @@ impl std::str::FromStr for PresetArg {
 #[derive(Subcommand)]
 enum Command {
     /// Make the live firewall match the policy, then prove it with the probe matrix.
+    ///
+    /// Without --account the account is userwall-offline, created when missing; without
+    /// --preset the preset is bypass-surfaces.
     #[command(after_help = EXIT_CODES)]
     Setup {
         #[command(flatten)]
@@ -85,6 +87,10 @@ enum Command {
         json: bool,
     },
     /// Compare the live firewall with the policy.
+    ///
+    /// Without --account: the accounts of the last setup (its marker), else userwall-offline,
+    /// else the uids in the live table. Without --preset: the last setup's, else
+    /// bypass-surfaces.
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
@@ -94,6 +100,8 @@ enum Command {
         json: bool,
     },
     /// Show what setup would change, changing nothing.
+    ///
+    /// Takes the same defaults as setup: userwall-offline and bypass-surfaces.
     #[command(after_help = EXIT_CODES)]
     Plan {
         #[command(flatten)]
@@ -106,6 +114,9 @@ enum Command {
         json: bool,
     },
     /// Try every channel of the policy as each sandbox account and show what happened.
+    ///
+    /// Accounts and preset default as for status. Each attempt runs in a child that has
+    /// switched to the account's uid and gid.
     #[command(after_help = EXIT_CODES)]
     Probe {
         #[command(flatten)]

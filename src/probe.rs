@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// How long a TCP connect may take before the row is "could not test".
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// How long to wait for an echo reply once the request was sent.
-const ECHO_REPLY_WAIT: Duration = Duration::from_secs(1);
+const ECHO_REPLY_WAIT: Duration = Duration::from_secs(2);
 /// How long a child may live.
 const CHILD_LIMIT: Duration = Duration::from_secs(6);
 /// A port outside every preset's list, for the `offline` catch-all rows.
@@ -566,7 +566,7 @@ fn judge(
         ),
         (code::NO_ECHO_REPLY, None) => (
             Outcome::CouldNotTest,
-            "sent, no reply within 1 s, no rule of ours counted it".to_string(),
+            "sent, no echo reply within 2 s, no rule of ours counted it".to_string(),
         ),
         (code::TIMED_OUT, None) => (
             Outcome::CouldNotTest,

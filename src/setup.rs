@@ -438,20 +438,22 @@ pub struct PlanReport {
     pub changes: Vec<String>,
 }
 
-/// What setup would change, changing nothing.
+/// What setup would change with the same arguments, changing nothing. Like setup, and unlike
+/// status, it does not fall back to the marker: no `--account` means the default account and
+/// no `--preset` means the default preset.
 pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
-    let mut would_create = Vec::new();
-    let mut existing = Vec::new();
     let defaulted = req.accounts.is_empty();
-    let has_marker = marker::read(&ctx.state_dir).ok().flatten().is_some();
-    let candidates: Vec<String> = if defaulted && !has_marker {
+    let candidates: Vec<String> = if defaulted {
         vec![accounts::DEFAULT_ACCOUNT.to_string()]
     } else {
         req.accounts.clone()
     };
+    let mut would_create = Vec::new();
+    let mut existing = Vec::new();
     for value in &candidates {
+        let one = std::slice::from_ref(value);
         match accounts::resolve(
-            std::slice::from_ref(value),
+            one,
             &ResolveOptions {
                 create_missing: false,
                 read_only: true,
@@ -468,26 +470,26 @@ pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
         .iter()
         .map(|n| format!("+ account {n} (locked system account, created by setup)"))
         .collect();
-    let status = if existing.is_empty() && !would_create.is_empty() {
+    let preset = Some(req.preset.unwrap_or_default());
+    let status = if existing.is_empty() {
         let live = nft::read_live(&ctx.nft)?;
         changes.push(if live.is_some() {
-            "~ table inet userwall (replaced with the new account's uid)".to_string()
+            "~ table inet userwall (replaced for the new account's uid)".to_string()
         } else {
             "+ table inet userwall".to_string()
         });
         None
     } else {
-        let sub = Request {
-            accounts: if defaulted && has_marker {
-                Vec::new()
-            } else {
-                existing
+        let s = status(
+            ctx,
+            &Request {
+                accounts: existing,
+                preset,
+                create_account: false,
             },
-            ..req.clone()
-        };
-        let s = status(ctx, &sub)?;
+        )?;
         changes.extend(s.diff.iter().cloned());
-        if !would_create.is_empty() && !changes.iter().any(|c| c.contains("sandbox uids")) {
+        if !would_create.is_empty() {
             changes.push("+ sandbox uids of the accounts created above".into());
         }
         Some(s)

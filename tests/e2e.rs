@@ -269,7 +269,7 @@ fn a_second_setup_performs_no_write() {
     second.expect_code(0);
     assert_eq!(writes(), 1, "second setup wrote: {}", second.stdout);
     assert!(second.stdout.contains("up to date"), "{}", second.stdout);
-    let plan = lab.userwall_env(&["plan"], &env);
+    let plan = lab.userwall_env(&["plan", "--account", &SANDBOX_UID.to_string()], &env);
     plan.expect_code(0);
     assert!(plan.stdout.contains("no changes"));
     assert_eq!(writes(), 1);
@@ -346,7 +346,7 @@ fn an_edited_table_is_drift_with_the_difference_named() {
         "{}",
         status.stdout
     );
-    let plan = lab.userwall(&["plan"]);
+    let plan = lab.userwall(&["plan", "--account", &SANDBOX_UID.to_string()]);
     plan.expect_code(3);
     assert!(plan.stdout.contains("smb_v6 tcp"));
     setup(&lab, &[SANDBOX_UID], &[]).expect_code(0);

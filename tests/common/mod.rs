@@ -115,6 +115,10 @@ impl Netns {
         let ns = Netns { name };
         ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
         ns.sysctl("net.ipv4.ping_group_range", "0 2147483647");
+        // No duplicate address detection: these links have exactly one neighbour each, and
+        // DAD would hold every new IPv6 address back for about a second.
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
         ns
     }
 
@@ -159,9 +163,10 @@ impl Netns {
         );
     }
 
-    /// `nft list ruleset` inside the namespace.
+    /// `nft -s list ruleset` inside the namespace (stateless: counters left out, since traffic
+    /// the test does not control can move them).
     pub fn ruleset(&self) -> String {
-        self.nft(&["list", "ruleset"])
+        self.nft(&["-s", "list", "ruleset"])
     }
 
     /// Whether our table exists here.
@@ -234,6 +239,23 @@ impl Lab {
                 "nodad",
             ]));
             ok(Command::new("ip").args(["-n", &ns.name, "link", "set", dev, "up"]));
+        }
+        // A tentative IPv6 address makes neighbour discovery to the peer unreliable; with DAD
+        // off none should be left, and this wait proves it rather than assuming it.
+        for (ns, dev) in [(&client, "uwc0"), (&peer, "uwp0")] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let out =
+                    ok(Command::new("ip").args(["-n", &ns.name, "-6", "addr", "show", "dev", dev]));
+                if !String::from_utf8_lossy(&out.stdout).contains("tentative") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{dev} kept a tentative IPv6 address"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Lab {
             client,
