@@ -142,6 +142,29 @@ pub fn write(state_dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
     result
 }
 
+/// Checks that the marker could be written, creating the state dir when missing, by writing and
+/// removing a probe file. Setup calls it before changing anything.
+pub fn check_writable(state_dir: &Path) -> Result<(), MarkerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(state_dir)
+        .map_err(|source| MarkerError::Io {
+            action: "creating",
+            path: state_dir.into(),
+            source,
+        })?;
+    let probe = state_dir.join(format!(".write-check.{}", std::process::id()));
+    fs::write(&probe, b"").map_err(|source| MarkerError::Io {
+        action: "writing in",
+        path: state_dir.into(),
+        source,
+    })?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Removes the marker; absent is fine.
 pub fn remove(state_dir: &Path) -> Result<bool, MarkerError> {
     let path = marker_path(state_dir);

@@ -329,6 +329,24 @@ pub fn setup(ctx: &Context, req: &Request) -> Result<SetupReport, Error> {
     }
     let mut steps = Vec::new();
     let mut warnings = Vec::new();
+    // Everything that can fail without changing anything runs first, so a missing nft, a
+    // foreign table or an unusable state dir stops setup before an account is created or a
+    // rule is written.
+    let live = timed(&mut steps, "check_platform", || {
+        let live = nft::read_live(&ctx.nft)?;
+        if let Some(foreign) = live.as_ref().map(|l| l.state.foreign_content()) {
+            if !foreign.is_empty() {
+                return Err(BackendError::ForeignTable(foreign).into());
+            }
+        }
+        marker::check_writable(&ctx.state_dir)?;
+        let found = if live.is_some() {
+            "our table present"
+        } else {
+            "our table absent"
+        };
+        Ok((live, format!("nft answers, {found}, state dir writable")))
+    })?;
     let resolved = timed(&mut steps, "resolve_accounts", || {
         let r = accounts::resolve(
             &req.accounts,
@@ -345,13 +363,7 @@ pub fn setup(ctx: &Context, req: &Request) -> Result<SetupReport, Error> {
     let preset = req.preset.unwrap_or_default();
     let policy = Policy::preset(preset);
     let rendered = render(&policy, &uids(&resolved.accounts));
-    let changes = timed(&mut steps, "read_live", || {
-        let live = nft::read_live(&ctx.nft)?;
-        let d = diff(&rendered.table, live.as_ref().map(|l| &l.state));
-        let n = d.len();
-        Ok(((live, d), format!("{n} difference(s)")))
-    })?;
-    let (live, differences) = changes;
+    let differences = diff(&rendered.table, live.as_ref().map(|l| &l.state));
     let wrote_firewall = !differences.is_empty();
     if wrote_firewall {
         timed(&mut steps, "apply", || {

@@ -559,3 +559,33 @@ fn the_default_account_is_created_when_missing() {
         );
     }
 }
+
+#[test]
+fn an_unusable_state_dir_stops_setup_before_any_change() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    let file = lab.state.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let bad = file.join("state");
+    let mut cmd = lab.client.cmd(env!("CARGO_BIN_EXE_userwall"));
+    cmd.arg("--state-dir").arg(&bad).args([
+        "setup",
+        "--no-probe",
+        "--account",
+        &SANDBOX_UID.to_string(),
+    ]);
+    let run = Run::from(cmd.output().unwrap());
+    run.expect_code(1);
+    assert!(run.stderr.contains(bad.to_str().unwrap()), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--state-dir"),
+        "says what to do: {}",
+        run.stderr
+    );
+    assert!(
+        !lab.client.has_our_table(),
+        "setup wrote the firewall before finding the state dir unusable"
+    );
+}
