@@ -28,8 +28,13 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod boot;
+pub mod errors;
 pub mod ids;
+pub mod journal;
+pub mod lock;
 pub mod marker;
+pub mod metrics;
 pub mod nft;
 pub mod policy;
 pub mod probe;

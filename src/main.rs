@@ -4,11 +4,18 @@ use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+use userwall::boot::DEFAULT_UNIT_DIR;
+use userwall::errors::ErrorCode;
+use userwall::lock::DEFAULT_LOCK_WAIT;
 use userwall::marker::DEFAULT_STATE_DIR;
 use userwall::nft::Nft;
 use userwall::policy::Preset;
 use userwall::probe::{self, DEFAULT_TARGETS};
-use userwall::setup::{self, Context, Request, Sync};
+use userwall::setup::{
+    self, Context, Decision, MetricsSettings, Mode, Request, SetupReport, SetupRequest,
+    StepOutcome, SyncState,
+};
 
 /// Exit codes, documented once here and printed by `--help`.
 mod exit {
@@ -35,8 +42,21 @@ struct Cli {
     /// Where the setup marker lives.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Where setup installs the boot unit and uninstall removes it.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_UNIT_DIR)]
+    unit_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone)]
+struct ModeArg(Mode);
+
+impl std::str::FromStr for ModeArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(ModeArg)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -75,6 +95,23 @@ enum Command {
         /// Skip the probe matrix at the end.
         #[arg(long)]
         no_probe: bool,
+        /// Install no boot unit (the table is then gone after a reboot until setup runs again).
+        #[arg(long)]
+        no_boot_unit: bool,
+        /// strict: any failed step fails setup. best-effort: a failed filter step (apply,
+        /// verify, persist for boot) is reported and setup carries on, exiting 0.
+        #[arg(long, value_name = "MODE", default_value = "strict", value_parser = clap::value_parser!(ModeArg))]
+        mode: ModeArg,
+        /// Send the outcome as an OTLP/HTTP metric (needs an endpoint: --otlp-endpoint or
+        /// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT).
+        #[arg(long)]
+        analytics: bool,
+        /// The full OTLP/HTTP metrics URL, such as http://127.0.0.1:4318/v1/metrics.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        /// Seconds to wait for another setup or uninstall to finish.
+        #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+        lock_wait: f64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -130,6 +167,13 @@ enum Command {
     },
 }
 
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+    }
+}
+
 fn request(which: &Accounts, create_account: bool) -> Request {
     Request {
         accounts: which.accounts.clone(),
@@ -158,6 +202,73 @@ fn fail(e: setup::Error) -> u8 {
     } else {
         exit::ERROR
     }
+}
+
+fn exit_for(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::AccountRefused
+        | ErrorCode::AccountUnknown
+        | ErrorCode::AccountInvalid
+        | ErrorCode::NoAccounts => exit::BAD_INPUT,
+        _ => exit::ERROR,
+    }
+}
+
+fn print_setup(report: &SetupReport) {
+    let accounts: Vec<String> = report.accounts.iter().map(|a| a.label()).collect();
+    match report.decision {
+        Decision::Applied if report.wrote_firewall => {
+            println!(
+                "applied preset {} for {} ({}):",
+                report.preset,
+                accounts.join(", "),
+                report.reasons.join("; ")
+            );
+            for change in &report.changes {
+                println!("  {change}");
+            }
+            if report.changes.is_empty() {
+                println!("  (the live table already matched; rewritten for the reasons above)");
+            }
+        }
+        Decision::Applied => {
+            println!(
+                "preset {} for {}: firewall not written ({})",
+                report.preset,
+                accounts.join(", "),
+                report.reasons.join("; ")
+            );
+        }
+        Decision::UpToDate => println!(
+            "up to date: table inet userwall already matches preset {} for {}; nothing written",
+            report.preset,
+            accounts.join(", ")
+        ),
+        Decision::Undecided => println!("setup stopped before it could decide:"),
+    }
+    for step in &report.steps {
+        let outcome = match step.outcome {
+            StepOutcome::Ok => "ok",
+            StepOutcome::Skipped => "skipped",
+            StepOutcome::Failed => "FAILED",
+        };
+        let code = step
+            .error_code
+            .map(|c| format!(" [{c}]"))
+            .unwrap_or_default();
+        println!(
+            "  {:17} {:8} {:7.1} ms{code}  {}",
+            step.step.as_str(),
+            outcome,
+            step.millis,
+            step.message
+        );
+    }
+    println!(
+        "setup took {:.1} ms; metrics: {}",
+        report.total_millis(),
+        report.metrics
+    );
 }
 
 fn run_probe(
@@ -199,66 +310,87 @@ fn main() -> ExitCode {
             which,
             create_account,
             no_probe,
+            no_boot_unit,
+            mode,
+            analytics,
+            otlp_endpoint,
+            lock_wait,
             json,
-        } => match setup::setup(&ctx, &request(which, *create_account)) {
-            Err(e) => fail(e),
-            Ok(report) => {
-                warn_all(&report.warnings);
-                if *json {
-                    print_json(&report);
-                } else {
-                    let accounts: Vec<String> = report.accounts.iter().map(|a| a.label()).collect();
-                    if report.wrote_firewall {
-                        println!(
-                            "applied preset {} for {}:",
-                            report.preset,
-                            accounts.join(", ")
-                        );
-                        for change in &report.changes {
-                            println!("  {change}");
-                        }
+        } => {
+            let req = SetupRequest {
+                request: request(which, *create_account),
+                mode: mode.0,
+                unit_dir: (!no_boot_unit).then(|| cli.unit_dir.clone()),
+                lock_wait: Duration::from_secs_f64(*lock_wait),
+                log: None,
+                metrics: MetricsSettings {
+                    enabled: *analytics,
+                    endpoint: otlp_endpoint.clone(),
+                },
+            };
+            let report = setup::run_setup(&ctx, &req);
+            warn_all(&report.warnings);
+            let probe = match (no_probe, report.success, &report.rendered, &report.policy) {
+                (false, true, Some(rendered), Some(policy)) => Some(probe::probe(
+                    &ctx.nft,
+                    policy,
+                    rendered,
+                    &report.accounts,
+                    &DEFAULT_TARGETS,
+                )),
+                _ => None,
+            };
+            if *json {
+                let probe_json = match &probe {
+                    Some(Ok(p)) => serde_json::to_value(p).expect("serializes"),
+                    Some(Err(e)) => serde_json::json!({"error": e.to_string()}),
+                    None => serde_json::Value::Null,
+                };
+                print_json(&serde_json::json!({"setup": report, "probe": probe_json}));
+            } else {
+                print_setup(&report);
+                if let Some(Ok(p)) = &probe {
+                    print!("{}", p.to_text());
+                }
+            }
+            if let Some(Err(e)) = &probe {
+                eprintln!("userwall: error: {e}");
+            }
+            if let Some(f) = report.failure.as_ref().filter(|_| report.failed_for_mode()) {
+                eprintln!("userwall: error: {}", f.message);
+            }
+            match (&report.failure, &probe) {
+                (Some(f), _) if report.failed_for_mode() => exit_for(f.error_code),
+                (_, Some(Err(_))) => exit::ERROR,
+                (_, Some(Ok(p))) if !p.as_expected() => exit::PROBE_MISMATCH,
+                _ => exit::OK,
+            }
+        }
+        Command::Uninstall { json } => {
+            match setup::uninstall(&ctx, Some(&cli.unit_dir), DEFAULT_LOCK_WAIT) {
+                Err(e) => fail(e),
+                Ok(report) => {
+                    if *json {
+                        print_json(&report);
                     } else {
-                        println!("up to date: table inet userwall already matches preset {} for {}; nothing written", report.preset, accounts.join(", "));
+                        println!(
+                            "{}; {}; accounts are left in place",
+                            if report.removed_table {
+                                "removed table inet userwall"
+                            } else {
+                                "table inet userwall was not installed"
+                            },
+                            if report.removed_marker {
+                                "removed the setup marker"
+                            } else {
+                                "no setup marker to remove"
+                            }
+                        );
                     }
-                    let total: f64 = report.steps.iter().map(|s| s.millis).sum();
-                    println!("setup took {total:.1} ms");
-                }
-                match (no_probe, &report.rendered, &report.policy) {
-                    (false, Some(rendered), Some(policy)) => run_probe(
-                        &ctx,
-                        policy,
-                        rendered,
-                        &report.accounts,
-                        &DEFAULT_TARGETS,
-                        *json,
-                    ),
-                    _ => exit::OK,
+                    exit::OK
                 }
             }
-        },
-        Command::Uninstall { json } => match setup::uninstall(&ctx) {
-            Err(e) => fail(e),
-            Ok(report) => {
-                if *json {
-                    print_json(&report);
-                } else {
-                    println!(
-                        "{}; {}; accounts are left in place",
-                        if report.removed_table {
-                            "removed table inet userwall"
-                        } else {
-                            "table inet userwall was not installed"
-                        },
-                        if report.removed_marker {
-                            "removed the setup marker"
-                        } else {
-                            "no setup marker to remove"
-                        }
-                    );
-                }
-                exit::OK
-            }
-        },
+        }
         Command::Status { which, json } => match setup::status(&ctx, &request(which, false)) {
             Err(e) => fail(e),
             Ok(report) => {
@@ -268,9 +400,9 @@ fn main() -> ExitCode {
                     print_json(&report);
                 } else {
                     match report.state {
-                        Sync::InSync => println!("in sync: table inet userwall matches preset {} for {}", report.preset, accounts.join(", ")),
-                        Sync::NotInstalled => println!("not installed: table inet userwall does not exist (expected preset {} for {})", report.preset, accounts.join(", ")),
-                        Sync::Drifted => {
+                        SyncState::InSync => println!("in sync: table inet userwall matches preset {} for {}", report.preset, accounts.join(", ")),
+                        SyncState::NotInstalled => println!("not installed: table inet userwall does not exist (expected preset {} for {})", report.preset, accounts.join(", ")),
+                        SyncState::Drifted => {
                             println!("drifted: table inet userwall differs from preset {} for {}:", report.preset, accounts.join(", "));
                             for line in &report.diff {
                                 println!("  {line}");
@@ -280,9 +412,9 @@ fn main() -> ExitCode {
                     }
                 }
                 match report.state {
-                    Sync::InSync => exit::OK,
-                    Sync::Drifted => exit::DRIFTED,
-                    Sync::NotInstalled => exit::NOT_INSTALLED,
+                    SyncState::InSync => exit::OK,
+                    SyncState::Drifted => exit::DRIFTED,
+                    SyncState::NotInstalled => exit::NOT_INSTALLED,
                 }
             }
         },

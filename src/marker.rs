@@ -32,6 +32,13 @@ pub struct Marker {
     pub uids: Vec<u32>,
     /// [`crate::policy::Policy::fingerprint`].
     pub policy_fingerprint: String,
+    /// Everything this install put on the machine, so an upgrade or uninstall can find it
+    /// (`nft table inet userwall`, `file /etc/systemd/system/userwall.service`, ...).
+    #[serde(default)]
+    pub objects: Vec<String>,
+    /// Accounts setup created (it never deletes them; this is for the operator).
+    #[serde(default)]
+    pub created_accounts: Vec<String>,
     /// RFC 3339 time of writing.
     pub written_at: String,
 }
@@ -76,6 +83,53 @@ pub enum MarkerError {
 /// The marker path in a state dir.
 pub fn marker_path(state_dir: &Path) -> PathBuf {
     state_dir.join(MARKER_FILE)
+}
+
+/// Reads the marker and decides whether it can be believed at all: a marker that is corrupt,
+/// from a newer setup version, not owned by root or writable by others is treated as absent,
+/// and the second value says why.
+pub fn read_trusted(state_dir: &Path) -> Result<(Option<Marker>, Option<String>), MarkerError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = marker_path(state_dir);
+    let marker = match read(state_dir) {
+        Ok(m) => m,
+        Err(e @ MarkerError::Corrupt { .. }) => return Ok((None, Some(e.to_string()))),
+        Err(e) => return Err(e),
+    };
+    let Some(marker) = marker else {
+        return Ok((None, None));
+    };
+    let meta = fs::metadata(&path).map_err(|source| MarkerError::Io {
+        action: "reading",
+        path: path.clone(),
+        source,
+    })?;
+    let ignored = if meta.uid() != 0 {
+        Some(format!(
+            "{} is owned by uid {}, not root; it is ignored",
+            path.display(),
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "{} is writable by others (mode {:o}); it is ignored",
+            path.display(),
+            meta.mode() & 0o777
+        ))
+    } else if marker.setup_version > SETUP_VERSION {
+        Some(format!(
+            "{} was written by a newer userwall (setup version {} > {SETUP_VERSION}); it is ignored",
+            path.display(),
+            marker.setup_version
+        ))
+    } else {
+        None
+    };
+    Ok(if ignored.is_some() {
+        (None, ignored)
+    } else {
+        (Some(marker), None)
+    })
 }
 
 /// Reads the marker; `Ok(None)` when there is none.
@@ -195,6 +249,8 @@ mod tests {
             preset: "bypass-surfaces".into(),
             uids: vec![1000],
             policy_fingerprint: "sha256:0011223344556677".into(),
+            objects: vec!["nft table inet userwall".into()],
+            created_accounts: Vec::new(),
             written_at: now_rfc3339(),
         }
     }
@@ -219,6 +275,37 @@ mod tests {
         fs::write(marker_path(dir.path()), "{not json").unwrap();
         let err = read(dir.path()).unwrap_err();
         assert!(matches!(err, MarkerError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn untrusted_markers_are_treated_as_absent_with_a_reason() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &sample()).unwrap();
+        let path = marker_path(dir.path());
+        if nix::unistd::Uid::effective().is_root() {
+            assert!(read_trusted(dir.path()).unwrap().0.is_some());
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+            let (m, why) = read_trusted(dir.path()).unwrap();
+            assert!(m.is_none() && why.unwrap().contains("writable by others"));
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            std::os::unix::fs::chown(&path, Some(47123), None).unwrap();
+            let (m, why) = read_trusted(dir.path()).unwrap();
+            assert!(m.is_none() && why.unwrap().contains("not root"));
+            std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        }
+        let newer = Marker {
+            setup_version: SETUP_VERSION + 1,
+            ..sample()
+        };
+        write(dir.path(), &newer).unwrap();
+        let (m, why) = read_trusted(dir.path()).unwrap();
+        if nix::unistd::Uid::effective().is_root() {
+            assert!(m.is_none() && why.unwrap().contains("newer"));
+        }
+        fs::write(&path, "[]").unwrap();
+        let (m, why) = read_trusted(dir.path()).unwrap();
+        assert!(m.is_none() && why.unwrap().contains("not a valid userwall marker"));
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! never stands in for the live state.
 
 use crate::accounts::{self, Account, AccountError, ResolveOptions};
+use crate::boot;
+use crate::errors::ErrorCode;
+use crate::journal;
+use crate::lock::{self, LockError};
 use crate::marker::{self, Marker, MarkerError, SETUP_VERSION};
+pub use crate::metrics::MetricsSettings;
 use crate::nft::diff::{diff, Difference};
 use crate::nft::render::{render, Rendered};
 use crate::nft::{self, BackendError, Nft};
@@ -13,7 +18,8 @@ use crate::policy::{Policy, Preset};
 use nix::unistd::{Uid, User};
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The backend's name in markers and reports.
@@ -54,6 +60,15 @@ pub enum Error {
     /// The marker.
     #[error(transparent)]
     Marker(#[from] MarkerError),
+    /// The state-dir lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The boot unit.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// A panic inside setup, turned into an error.
+    #[error("internal error (a bug in userwall, please report it): {0}")]
+    Internal(String),
     /// Nothing says which accounts to expect.
     #[error("cannot tell which accounts to expect: there is no setup marker in {0} and the default account {def} does not exist; pass --account", def = accounts::DEFAULT_ACCOUNT)]
     NoAccounts(String),
@@ -173,7 +188,7 @@ pub fn expectation(ctx: &Context, req: &Request) -> Result<Expectation, Error> {
 /// The state of the live table against the expectation.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Sync {
+pub enum SyncState {
     /// Live equals expected.
     InSync,
     /// Our table exists and differs.
@@ -186,7 +201,7 @@ pub enum Sync {
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
     /// The verdict.
-    pub state: Sync,
+    pub state: SyncState,
     /// The preset expected.
     pub preset: String,
     /// The accounts expected.
@@ -234,10 +249,10 @@ pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
     let marker = read_marker(ctx, &mut Vec::new())?;
     // A missing table after a recorded setup is drift (someone deleted it), not a fresh machine.
     let state = match (&live, differences.is_empty()) {
-        (None, _) if marker.is_none() => Sync::NotInstalled,
-        (None, _) => Sync::Drifted,
-        (Some(_), true) => Sync::InSync,
-        (Some(_), false) => Sync::Drifted,
+        (None, _) if marker.is_none() => SyncState::NotInstalled,
+        (None, _) => SyncState::Drifted,
+        (Some(_), true) => SyncState::InSync,
+        (Some(_), false) => SyncState::Drifted,
     };
     Ok(StatusReport {
         state,
@@ -251,36 +266,215 @@ pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
     })
 }
 
-/// One timed step of setup.
+/// How setup treats a failed filter step (apply, verify, persist for boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Any failed step fails setup. The CLI's default.
+    #[default]
+    Strict,
+    /// A failed filter step is logged and setup carries on, for an installer whose filters are
+    /// one layer among several. Account, platform and marker failures still fail.
+    BestEffort,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" => Ok(Mode::Strict),
+            "best-effort" => Ok(Mode::BestEffort),
+            _ => Err(format!("unknown mode {s:?}; choose strict or best-effort")),
+        }
+    }
+}
+
+impl Mode {
+    /// The name used on the command line and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Strict => "strict",
+            Mode::BestEffort => "best-effort",
+        }
+    }
+}
+
+/// The steps of setup, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    /// Root, the lock, nft, our table's ownership, the state dir.
+    CheckPlatform,
+    /// `--account` values to uids; creates accounts when asked.
+    ResolveAccounts,
+    /// One nft transaction that replaces our table.
+    Apply,
+    /// Read the table back and compare.
+    Verify,
+    /// The boot unit and the batch it re-applies.
+    PersistForBoot,
+    /// The marker, last: the commit point.
+    WriteMarker,
+}
+
+impl StepName {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::CheckPlatform => "check_platform",
+            StepName::ResolveAccounts => "resolve_accounts",
+            StepName::Apply => "apply",
+            StepName::Verify => "verify",
+            StepName::PersistForBoot => "persist_for_boot",
+            StepName::WriteMarker => "write_marker",
+        }
+    }
+
+    fn is_filter_step(self) -> bool {
+        matches!(
+            self,
+            StepName::Apply | StepName::Verify | StepName::PersistForBoot
+        )
+    }
+}
+
+/// How a step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// Done.
+    Ok,
+    /// Not needed.
+    Skipped,
+    /// Failed; see the error code.
+    Failed,
+}
+
+/// One step of setup.
 #[derive(Clone, Debug, Serialize)]
-pub struct Step {
-    /// Its name.
-    pub step: &'static str,
-    /// What happened.
-    pub outcome: String,
+pub struct StepReport {
+    /// Which step.
+    pub step: StepName,
+    /// How it ended.
+    pub outcome: StepOutcome,
+    /// When it ended, RFC 3339.
+    pub at: String,
     /// How long it took, in milliseconds.
     pub millis: f64,
+    /// Set when it failed.
+    pub error_code: Option<ErrorCode>,
+    /// What happened, or what went wrong and what to do.
+    pub message: String,
+}
+
+impl StepReport {
+    /// The step as one log line.
+    pub fn log_line(&self) -> String {
+        let mut details = vec![("millis".to_string(), format!("{:.1}", self.millis))];
+        if let Some(code) = self.error_code {
+            details.push(("error_code".into(), code.as_str().into()));
+        }
+        details.push(("message".into(), self.message.clone()));
+        let outcome = match self.outcome {
+            StepOutcome::Ok => "ok",
+            StepOutcome::Skipped => "skipped",
+            StepOutcome::Failed => "failed",
+        };
+        journal::format_line(&self.at, self.step.as_str(), outcome, &details)
+    }
+}
+
+/// A callback that sees every step as it ends.
+pub type LogSink = Arc<dyn Fn(&StepReport) + Send + Sync>;
+
+/// Everything a host app passes to [`run_setup`].
+#[derive(Clone, Default)]
+pub struct SetupRequest {
+    /// Accounts, preset, create-account.
+    pub request: Request,
+    /// Strict or best-effort.
+    pub mode: Mode,
+    /// Where to install the boot unit; `None` installs none.
+    pub unit_dir: Option<PathBuf>,
+    /// How long to wait for another setup or uninstall to finish.
+    pub lock_wait: Duration,
+    /// Called for every step as it ends.
+    pub log: Option<LogSink>,
+    /// Whether and where to send metrics.
+    pub metrics: MetricsSettings,
+}
+
+impl std::fmt::Debug for SetupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetupRequest")
+            .field("request", &self.request)
+            .field("mode", &self.mode)
+            .field("unit_dir", &self.unit_dir)
+            .field("lock_wait", &self.lock_wait)
+            .field("log", &self.log.as_ref().map(|_| "<sink>"))
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+/// Whether setup wrote, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Marker and live table agree with the request: nothing written.
+    UpToDate,
+    /// Setup re-applied the table.
+    Applied,
+    /// Setup stopped before deciding.
+    Undecided,
+}
+
+/// The first failure.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// Where.
+    pub step: StepName,
+    /// The stable code.
+    pub error_code: ErrorCode,
+    /// What went wrong and what to do.
+    pub message: String,
 }
 
 /// What setup did.
 #[derive(Clone, Debug, Serialize)]
 pub struct SetupReport {
+    /// No step failed.
+    pub success: bool,
+    /// The mode it ran in.
+    pub mode: Mode,
+    /// Whether it wrote.
+    pub decision: Decision,
+    /// Why it wrote (empty when up to date).
+    pub reasons: Vec<String>,
     /// Whether nftables was written.
     pub wrote_firewall: bool,
-    /// Whether the marker was (re)written.
+    /// Whether the boot unit or its batch was (re)written.
+    pub wrote_boot_unit: bool,
+    /// Whether the marker was written.
     pub wrote_marker: bool,
-    /// How the live table differed before, empty when it was already in sync.
+    /// How the live table differed before.
     pub changes: Vec<String>,
     /// The accounts.
     pub accounts: Vec<Account>,
     /// The preset.
     pub preset: String,
+    /// Rules in our table (dispatch rule included).
+    pub rule_count: usize,
     /// Accounts this setup created.
     pub created_accounts: Vec<String>,
     /// Notes for the user.
     pub warnings: Vec<String>,
-    /// The steps, timed.
-    pub steps: Vec<Step>,
+    /// Every step that ran.
+    pub steps: Vec<StepReport>,
+    /// The first failure.
+    pub failure: Option<Failure>,
+    /// What happened to the metrics: `off`, `sent`, or `failed: ...`.
+    pub metrics: String,
     /// The rendering, for the probe that follows.
     #[serde(skip)]
     pub rendered: Option<Rendered>,
@@ -289,30 +483,118 @@ pub struct SetupReport {
     pub policy: Option<Policy>,
 }
 
-fn timed<T>(
-    steps: &mut Vec<Step>,
-    step: &'static str,
-    f: impl FnOnce() -> Result<(T, String), Error>,
-) -> Result<T, Error> {
-    let start = Instant::now();
-    let result = f();
-    let millis = duration_ms(start.elapsed());
-    match result {
-        Ok((value, outcome)) => {
-            steps.push(Step {
-                step,
-                outcome,
-                millis,
-            });
-            Ok(value)
+impl SetupReport {
+    /// Whether the caller should treat setup as failed: in strict mode any failure, in
+    /// best-effort mode only a failure outside the filter steps.
+    pub fn failed_for_mode(&self) -> bool {
+        match self.mode {
+            Mode::Strict => !self.success,
+            Mode::BestEffort => self
+                .steps
+                .iter()
+                .any(|s| s.outcome == StepOutcome::Failed && !s.step.is_filter_step()),
         }
-        Err(e) => {
-            steps.push(Step {
-                step,
-                outcome: format!("failed: {e}"),
-                millis,
-            });
-            Err(e)
+    }
+
+    /// Milliseconds across all steps.
+    pub fn total_millis(&self) -> f64 {
+        self.steps.iter().map(|s| s.millis).sum()
+    }
+}
+
+/// The stable code of an error.
+pub fn error_code(e: &Error) -> ErrorCode {
+    use crate::nft::NftError;
+    match e {
+        Error::NotRoot(_) => ErrorCode::NotRoot,
+        Error::Account(a) => match a {
+            AccountError::Root(_) | AccountError::InvokingUser { .. } => ErrorCode::AccountRefused,
+            AccountError::Unknown(_) => ErrorCode::AccountUnknown,
+            AccountError::Invalid { .. } => ErrorCode::AccountInvalid,
+            AccountError::Lookup { .. } => ErrorCode::AccountLookupFailed,
+            AccountError::Create { .. } => ErrorCode::AccountCreateFailed,
+        },
+        Error::Backend(b) => match b {
+            BackendError::Nft(NftError::NotFound { .. }) => ErrorCode::NftMissing,
+            BackendError::Nft(NftError::BadOutput { .. }) | BackendError::Listing(_) => {
+                ErrorCode::NftOutputUnreadable
+            }
+            BackendError::Nft(_) => ErrorCode::NftFailed,
+            BackendError::ForeignTable(_) => ErrorCode::ForeignTable,
+            BackendError::NotSettled { .. } => ErrorCode::VerifyFailed,
+        },
+        Error::Marker(_) => ErrorCode::StateDirUnusable,
+        Error::NoAccounts(_) => ErrorCode::NoAccounts,
+        Error::Lock(LockError::Timeout { .. }) => ErrorCode::LockTimeout,
+        Error::Lock(LockError::Io { .. }) => ErrorCode::StateDirUnusable,
+        Error::Boot(_) => ErrorCode::PersistFailed,
+        Error::Internal(_) => ErrorCode::Internal,
+    }
+}
+
+struct Runner<'a> {
+    req: &'a SetupRequest,
+    steps: Vec<StepReport>,
+    current: Option<StepName>,
+    stop: bool,
+}
+
+impl Runner<'_> {
+    fn record(
+        &mut self,
+        step: StepName,
+        outcome: StepOutcome,
+        millis: f64,
+        error: Option<&Error>,
+        message: String,
+    ) {
+        let report = StepReport {
+            step,
+            outcome,
+            at: marker::now_rfc3339(),
+            millis,
+            error_code: error.map(error_code),
+            message,
+        };
+        if let Some(log) = &self.req.log {
+            log(&report);
+        }
+        self.steps.push(report);
+    }
+
+    /// Runs a step unless an earlier failure stopped setup. Returns `None` when it failed or
+    /// did not run.
+    fn step<T>(
+        &mut self,
+        step: StepName,
+        f: impl FnOnce() -> Result<(T, String), Error>,
+    ) -> Option<T> {
+        if self.stop {
+            return None;
+        }
+        self.current = Some(step);
+        let start = Instant::now();
+        let result = f();
+        let millis = duration_ms(start.elapsed());
+        self.current = None;
+        match result {
+            Ok((value, message)) => {
+                self.record(step, StepOutcome::Ok, millis, None, message);
+                Some(value)
+            }
+            Err(e) => {
+                self.record(step, StepOutcome::Failed, millis, Some(&e), e.to_string());
+                if self.req.mode == Mode::Strict || !step.is_filter_step() {
+                    self.stop = true;
+                }
+                None
+            }
+        }
+    }
+
+    fn skip(&mut self, step: StepName, why: &str) {
+        if !self.stop {
+            self.record(step, StepOutcome::Skipped, 0.0, None, why.into());
         }
     }
 }
@@ -321,100 +603,296 @@ fn duration_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Makes the live table match the policy for the requested accounts. Writes nothing to nftables
-/// when it already matches; rewrites the marker only when its record changes.
-pub fn setup(ctx: &Context, req: &Request) -> Result<SetupReport, Error> {
-    if !crate::sys::is_root() {
-        return Err(Error::NotRoot("setup"));
+/// Runs setup as a host app's installer would: never panics, always returns a report with
+/// every step's outcome and duration, appends the steps to the state dir's log, writes or clears
+/// the error report, and emits metrics when asked.
+pub fn run_setup(ctx: &Context, req: &SetupRequest) -> SetupReport {
+    let mut report = SetupReport {
+        success: false,
+        mode: req.mode,
+        decision: Decision::Undecided,
+        reasons: Vec::new(),
+        wrote_firewall: false,
+        wrote_boot_unit: false,
+        wrote_marker: false,
+        changes: Vec::new(),
+        accounts: Vec::new(),
+        preset: req.request.preset.unwrap_or_default().name().into(),
+        rule_count: 0,
+        created_accounts: Vec::new(),
+        warnings: Vec::new(),
+        steps: Vec::new(),
+        failure: None,
+        metrics: "off".into(),
+        rendered: None,
+        policy: None,
+    };
+    let mut runner = Runner {
+        req,
+        steps: Vec::new(),
+        current: None,
+        stop: false,
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_steps(ctx, req, &mut runner, &mut report)
+    }));
+    if let Err(panic) = outcome {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        let step = runner.current.unwrap_or(StepName::WriteMarker);
+        let e = Error::Internal(what);
+        // The sink may be what panicked; record the step without calling it again.
+        runner.steps.push(StepReport {
+            step,
+            outcome: StepOutcome::Failed,
+            at: marker::now_rfc3339(),
+            millis: 0.0,
+            error_code: Some(ErrorCode::Internal),
+            message: e.to_string(),
+        });
     }
-    let mut steps = Vec::new();
-    let mut warnings = Vec::new();
+    report.steps = runner.steps;
+    report.failure = report
+        .steps
+        .iter()
+        .find(|s| s.outcome == StepOutcome::Failed)
+        .map(|s| Failure {
+            step: s.step,
+            error_code: s.error_code.unwrap_or(ErrorCode::Internal),
+            message: s.message.clone(),
+        });
+    report.success = report.failure.is_none();
+    finish(ctx, req, &mut report);
+    report
+}
+
+/// Log, error report, metrics: after the steps, and never able to change the outcome.
+fn finish(ctx: &Context, req: &SetupRequest, report: &mut SetupReport) {
+    if ctx.state_dir.is_dir() {
+        let lines: Vec<String> = report.steps.iter().map(StepReport::log_line).collect();
+        if let Err(e) = journal::append(&ctx.state_dir, &lines) {
+            report.warnings.push(format!(
+                "could not append to {}: {e}",
+                ctx.state_dir.join(journal::LOG_FILE).display()
+            ));
+        }
+        let result = match &report.failure {
+            None => journal::clear_error_report(&ctx.state_dir),
+            Some(f) => journal::write_error_report(
+                &ctx.state_dir,
+                &journal::error_report(
+                    marker::now_rfc3339(),
+                    f.step.as_str(),
+                    f.error_code,
+                    &f.message,
+                ),
+            ),
+        };
+        if let Err(e) = result {
+            report.warnings.push(format!(
+                "could not update {}: {e}",
+                ctx.state_dir.join(journal::ERROR_REPORT_FILE).display()
+            ));
+        }
+    }
+    report.metrics = crate::metrics::emit(&req.metrics, report);
+    if report.metrics.starts_with("failed") {
+        report.warnings.push(format!("metrics {}", report.metrics));
+    }
+}
+
+fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report: &mut SetupReport) {
     // Everything that can fail without changing anything runs first, so a missing nft, a
     // foreign table or an unusable state dir stops setup before an account is created or a
     // rule is written.
-    let live = timed(&mut steps, "check_platform", || {
+    let Some((_lock, live, nft_path)) = runner.step(StepName::CheckPlatform, || {
+        if !crate::sys::is_root() {
+            return Err(Error::NotRoot("setup"));
+        }
+        marker::check_writable(&ctx.state_dir)?;
+        let lock = lock::acquire(&ctx.state_dir, req.lock_wait)?;
         let live = nft::read_live(&ctx.nft)?;
         if let Some(foreign) = live.as_ref().map(|l| l.state.foreign_content()) {
             if !foreign.is_empty() {
                 return Err(BackendError::ForeignTable(foreign).into());
             }
         }
-        marker::check_writable(&ctx.state_dir)?;
-        let found = if live.is_some() {
-            "our table present"
-        } else {
-            "our table absent"
-        };
-        Ok((live, format!("nft answers, {found}, state dir writable")))
-    })?;
-    let resolved = timed(&mut steps, "resolve_accounts", || {
+        let nft_path = boot::absolute_nft(ctx.nft.program());
+        let found = if live.is_some() { "present" } else { "absent" };
+        Ok((
+            (lock, live, nft_path),
+            format!(
+                "root, lock held, nft answers, table inet userwall {found}, state dir writable"
+            ),
+        ))
+    }) else {
+        return;
+    };
+    let Some(resolved) = runner.step(StepName::ResolveAccounts, || {
         let r = accounts::resolve(
-            &req.accounts,
+            &req.request.accounts,
             &ResolveOptions {
-                create_missing: req.create_account,
+                create_missing: req.request.create_account,
                 read_only: false,
             },
         )?;
         let labels: Vec<String> = r.accounts.iter().map(Account::label).collect();
         Ok((r, labels.join(", ")))
-    })?;
-    warnings.extend(resolved.warnings.clone());
-    let marker_before = read_marker(ctx, &mut warnings)?;
-    let preset = req.preset.unwrap_or_default();
+    }) else {
+        return;
+    };
+    report.warnings.extend(resolved.warnings.clone());
+    report.accounts = resolved.accounts.clone();
+    report.created_accounts = resolved.created.clone();
+
+    let (marker_before, ignored) = match marker::read_trusted(&ctx.state_dir) {
+        Ok(pair) => pair,
+        Err(e) => (None, Some(e.to_string())),
+    };
+    report.warnings.extend(ignored);
+    let preset = req.request.preset.unwrap_or_default();
     let policy = Policy::preset(preset);
     let rendered = render(&policy, &uids(&resolved.accounts));
     let differences = diff(&rendered.table, live.as_ref().map(|l| &l.state));
-    let wrote_firewall = !differences.is_empty();
-    if wrote_firewall {
-        timed(&mut steps, "apply", || {
-            nft::replace(&ctx.nft, &rendered.table, live.as_ref())?;
+    report.changes = differences.iter().map(ToString::to_string).collect();
+    report.rule_count = rendered.table.rules.len();
+    let uid_list: Vec<u32> = uids(&resolved.accounts).into_iter().collect();
+    report.reasons = match &marker_before {
+        None => vec!["no trusted setup marker".to_string()],
+        Some(m) if m.setup_version < SETUP_VERSION => {
+            vec![format!(
+                "setup version {} -> {SETUP_VERSION}",
+                m.setup_version
+            )]
+        }
+        Some(m) if m.uids != uid_list => vec!["the accounts changed".to_string()],
+        Some(m) if m.policy_fingerprint != policy.fingerprint() || m.preset != preset.name() => {
+            vec!["the policy changed".to_string()]
+        }
+        Some(_) => Vec::new(),
+    };
+    if !differences.is_empty() {
+        report.reasons.push(format!(
+            "the live table differs ({} difference(s))",
+            differences.len()
+        ));
+    }
+    let batch = serde_json::to_string_pretty(&rendered.table.replace_batch())
+        .expect("batch serializes")
+        + "\n";
+    let unit = req.unit_dir.as_ref().map(|dir| boot::BootUnit {
+        unit_dir: dir.clone(),
+        state_dir: ctx.state_dir.clone(),
+        nft: nft_path
+            .clone()
+            .unwrap_or_else(|| ctx.nft.program().to_path_buf()),
+    });
+    let boot_current = unit.as_ref().is_none_or(|u| u.is_current(&batch));
+    report.rendered = Some(rendered.clone());
+    report.policy = Some(policy.clone());
+
+    if report.reasons.is_empty() && boot_current {
+        report.decision = Decision::UpToDate;
+        for step in [
+            StepName::Apply,
+            StepName::Verify,
+            StepName::PersistForBoot,
+            StepName::WriteMarker,
+        ] {
+            runner.skip(step, "up to date: marker and live table match the request");
+        }
+        return;
+    }
+    report.decision = Decision::Applied;
+    let mut filters_ok = true;
+    if report.reasons.is_empty() {
+        runner.skip(StepName::Apply, "live table already matches");
+        runner.skip(StepName::Verify, "nothing written");
+    } else {
+        let applied = runner.step(StepName::Apply, || {
+            nft::apply(&ctx.nft, &rendered.table, live.as_ref())?;
             Ok((
                 (),
                 format!(
-                    "replaced table inet userwall ({} rules) and read it back in sync",
+                    "replaced table inet userwall: {} rules for uids {uid_list:?}",
                     rendered.table.rules.len()
                 ),
             ))
-        })?;
-    } else {
-        steps.push(Step {
-            step: "apply",
-            outcome: "skipped: live table already matches".into(),
-            millis: 0.0,
         });
+        report.wrote_firewall = applied.is_some();
+        filters_ok &= applied.is_some()
+            && runner
+                .step(StepName::Verify, || {
+                    nft::verify(&ctx.nft, &rendered.table)?;
+                    Ok(((), "read back in sync".to_string()))
+                })
+                .is_some();
     }
+    match &unit {
+        None => runner.skip(StepName::PersistForBoot, "no boot unit requested"),
+        Some(unit) => {
+            let wrote = runner.step(StepName::PersistForBoot, || {
+                let changed = unit.install(&batch)?;
+                let what = if changed { "wrote" } else { "already current:" };
+                Ok((
+                    changed,
+                    format!(
+                        "{what} {} and {}",
+                        unit.unit_path().display(),
+                        unit.table_path().display()
+                    ),
+                ))
+            });
+            report.wrote_boot_unit = wrote.unwrap_or(false);
+        }
+    }
+    if !filters_ok {
+        // The marker is the commit point: it must never claim filters that are not in place.
+        runner.skip(
+            StepName::WriteMarker,
+            "not written: the filters are not in place",
+        );
+        return;
+    }
+    let mut objects = vec![format!(
+        "nft table {} {}",
+        crate::ids::NFT_FAMILY,
+        crate::ids::NFT_TABLE
+    )];
+    if let Some(unit) = &unit {
+        for path in [unit.unit_path(), unit.wants_link(), unit.table_path()] {
+            objects.push(format!("file {}", path.display()));
+        }
+    }
+    let mut created = marker_before
+        .as_ref()
+        .map(|m| m.created_accounts.clone())
+        .unwrap_or_default();
+    created.extend(resolved.created.iter().cloned());
+    created.sort();
+    created.dedup();
     let marker = Marker {
         setup_version: SETUP_VERSION,
         backend: BACKEND.into(),
         preset: preset.name().into(),
-        uids: uids(&resolved.accounts).into_iter().collect(),
+        uids: uid_list.clone(),
         policy_fingerprint: policy.fingerprint(),
+        objects,
+        created_accounts: created,
         written_at: marker::now_rfc3339(),
     };
-    let wrote_marker = !marker_before
-        .as_ref()
-        .is_some_and(|m| m.same_install(&marker));
-    if wrote_marker {
-        timed(&mut steps, "write_marker", || {
+    report.wrote_marker = runner
+        .step(StepName::WriteMarker, || {
             marker::write(&ctx.state_dir, &marker)?;
             Ok((
                 (),
                 marker::marker_path(&ctx.state_dir).display().to_string(),
             ))
-        })?;
-    }
-    Ok(SetupReport {
-        wrote_firewall,
-        wrote_marker,
-        changes: differences.iter().map(ToString::to_string).collect(),
-        accounts: resolved.accounts,
-        preset: preset.name().into(),
-        created_accounts: resolved.created,
-        warnings,
-        steps,
-        rendered: Some(rendered),
-        policy: Some(policy),
-    })
+        })
+        .is_some();
 }
 
 /// What uninstall did.
@@ -422,19 +900,40 @@ pub fn setup(ctx: &Context, req: &Request) -> Result<SetupReport, Error> {
 pub struct UninstallReport {
     /// Whether our table was there and is now gone.
     pub removed_table: bool,
+    /// Whether the boot unit was there and is now gone.
+    pub removed_boot_unit: bool,
     /// Whether a marker was removed.
     pub removed_marker: bool,
 }
 
-/// Removes our table and the marker, then checks nothing of ours is left. Accounts stay.
-pub fn uninstall(ctx: &Context) -> Result<UninstallReport, Error> {
+/// Removes the boot unit, our table and the marker, then checks nothing of ours is left.
+/// Accounts stay. `unit_dir` is where setup put the unit.
+pub fn uninstall(
+    ctx: &Context,
+    unit_dir: Option<&Path>,
+    lock_wait: Duration,
+) -> Result<UninstallReport, Error> {
     if !crate::sys::is_root() {
         return Err(Error::NotRoot("uninstall"));
     }
+    let _lock = lock::acquire(&ctx.state_dir, lock_wait)?;
+    // The unit goes first: were the table removed first and the unit left, a reboot in between
+    // would bring the table back.
+    let removed_boot_unit = match unit_dir {
+        Some(dir) => boot::BootUnit {
+            unit_dir: dir.to_path_buf(),
+            state_dir: ctx.state_dir.clone(),
+            nft: ctx.nft.program().to_path_buf(),
+        }
+        .remove()?,
+        None => false,
+    };
     let removed_table = nft::remove(&ctx.nft)?;
     let removed_marker = marker::remove(&ctx.state_dir)?;
+    let _ = journal::clear_error_report(&ctx.state_dir);
     Ok(UninstallReport {
         removed_table,
+        removed_boot_unit,
         removed_marker,
     })
 }

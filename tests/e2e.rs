@@ -570,12 +570,11 @@ fn an_unusable_state_dir_stops_setup_before_any_change() {
     std::fs::write(&file, "not a directory").unwrap();
     let bad = file.join("state");
     let mut cmd = lab.client.cmd(env!("CARGO_BIN_EXE_userwall"));
-    cmd.arg("--state-dir").arg(&bad).args([
-        "setup",
-        "--no-probe",
-        "--account",
-        &SANDBOX_UID.to_string(),
-    ]);
+    cmd.arg("--state-dir")
+        .arg(&bad)
+        .arg("--unit-dir")
+        .arg(lab.unit_dir())
+        .args(["setup", "--no-probe", "--account", &SANDBOX_UID.to_string()]);
     let run = Run::from(cmd.output().unwrap());
     run.expect_code(1);
     assert!(run.stderr.contains(bad.to_str().unwrap()), "{}", run.stderr);

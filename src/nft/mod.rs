@@ -66,15 +66,20 @@ fn refuse_foreign(live: Option<&LiveTable>) -> Result<(), BackendError> {
     }
 }
 
-/// Replaces our table with `desired` in one nft transaction, then reads it back and fails if it
-/// differs. `live` is what the caller read just before.
-pub fn replace(
+/// Replaces our table with `desired` in one nft transaction. `live` is what the caller read
+/// just before; a table holding anything we did not create is refused.
+pub fn apply(
     nft: &Nft,
     desired: &TableState,
     live: Option<&LiveTable>,
 ) -> Result<(), BackendError> {
     refuse_foreign(live)?;
     nft.apply(&desired.replace_batch(), "replacing table inet userwall")?;
+    Ok(())
+}
+
+/// Reads our table back and fails unless it equals `desired`.
+pub fn verify(nft: &Nft, desired: &TableState) -> Result<(), BackendError> {
     let after = read_live(nft)?;
     let differences = diff::diff(desired, after.as_ref().map(|l| &l.state));
     if !differences.is_empty() {

@@ -91,6 +91,11 @@ impl Nft {
         }
     }
 
+    /// The program as configured (a bare name is looked up on PATH when run).
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+
     fn name(&self) -> String {
         self.program.display().to_string()
     }

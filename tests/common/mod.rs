@@ -264,6 +264,11 @@ impl Lab {
         }
     }
 
+    /// The private unit dir.
+    pub fn unit_dir(&self) -> PathBuf {
+        self.state.path().join("units")
+    }
+
     /// Runs userwall in the client namespace with our state dir.
     pub fn userwall(&self, args: &[&str]) -> Run {
         self.userwall_env(args, &[])
@@ -272,7 +277,10 @@ impl Lab {
     /// Same, with extra environment variables.
     pub fn userwall_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = self.client.cmd(env!("CARGO_BIN_EXE_userwall"));
-        cmd.arg("--state-dir").arg(self.state.path()).args(args);
+        // The boot unit goes to a private directory too: tests never write the host's
+        // /etc/systemd/system.
+        cmd.arg("--state-dir").arg(self.state.path());
+        cmd.arg("--unit-dir").arg(self.unit_dir()).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
