@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what userwall and its tests need, only when missing: nft (nftables), ip (iproute2),
-# sysctl (procps) and useradd/userdel (passwd). Debian and Ubuntu; run as root.
+# sysctl (procps), useradd/userdel (passwd), setpriv (util-linux) and systemd-analyze (systemd,
+# which the tests use to verify the boot unit). Debian and Ubuntu; run as root.
 set -euo pipefail
 
-declare -A package_of=([nft]=nftables [ip]=iproute2 [sysctl]=procps [useradd]=passwd [userdel]=passwd)
+declare -A package_of=([nft]=nftables [ip]=iproute2 [sysctl]=procps [useradd]=passwd
+    [userdel]=passwd [setpriv]=util-linux [systemd-analyze]=systemd)
 missing=()
-for tool in nft ip sysctl useradd userdel; do
+for tool in nft ip sysctl useradd userdel setpriv systemd-analyze; do
     if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
         missing+=("${package_of[$tool]}")
     fi
@@ -24,4 +26,6 @@ fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# sort -u: two tools can come from one package.
+mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null

@@ -82,6 +82,9 @@ pub struct ResolveOptions {
     pub create_missing: bool,
     /// Only look; never create, not even the default account (for read-only commands).
     pub read_only: bool,
+    /// Accept root and the invoking account (for commands that only look or probe, where
+    /// refusing them helps nobody).
+    pub allow_any: bool,
 }
 
 /// What resolving found, with warnings for the user.
@@ -138,7 +141,10 @@ pub fn validate_name(name: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
-fn check_allowed(typed: &str, uid: u32) -> Result<(), AccountError> {
+fn check_allowed(typed: &str, uid: u32, opts: &ResolveOptions) -> Result<(), AccountError> {
+    if opts.allow_any {
+        return Ok(());
+    }
     if uid == 0 {
         return Err(AccountError::Root(typed.into()));
     }
@@ -209,7 +215,7 @@ pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, Acc
                     why: "4294967295 is the kernel's 'no uid' value, not an account".into(),
                 });
             }
-            check_allowed(value, uid)?;
+            check_allowed(value, uid, opts)?;
             let user =
                 User::from_uid(Uid::from_raw(uid)).map_err(|source| AccountError::Lookup {
                     account: value.into(),
@@ -237,7 +243,7 @@ pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, Acc
         validate_name(value)?;
         match lookup_name(value)? {
             Some(u) => {
-                check_allowed(value, u.uid.as_raw())?;
+                check_allowed(value, u.uid.as_raw(), opts)?;
                 out.accounts.push(Account {
                     name: Some(u.name),
                     uid: u.uid.as_raw(),
@@ -255,7 +261,7 @@ pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, Acc
             name: name.clone(),
             detail: "useradd succeeded but the account does not resolve".into(),
         })?;
-        check_allowed(&name, user.uid.as_raw())?;
+        check_allowed(&name, user.uid.as_raw(), opts)?;
         out.warnings.push(format!(
             "created locked system account {name} (uid {})",
             user.uid
@@ -269,6 +275,8 @@ pub fn resolve(values: &[String], opts: &ResolveOptions) -> Result<Resolved, Acc
     }
     let mut seen = std::collections::BTreeSet::new();
     out.accounts.retain(|a| seen.insert(a.uid));
+    let mut said = std::collections::BTreeSet::new();
+    out.warnings.retain(|w| said.insert(w.clone()));
     Ok(out)
 }
 
@@ -315,7 +323,7 @@ mod tests {
                 gid: 47556
             }]
         );
-        assert_eq!(r.warnings.len(), 2, "one warning per value typed");
+        assert_eq!(r.warnings.len(), 1, "a repeated value warns once");
         assert!(r.warnings[0].contains("no entry"));
     }
 
@@ -344,7 +352,7 @@ mod tests {
                 &values(&[bad]),
                 &ResolveOptions {
                     create_missing: true,
-                    read_only: false,
+                    ..Default::default()
                 },
             );
             assert!(err.is_err(), "{bad:?} was accepted");
@@ -358,7 +366,7 @@ mod tests {
         // refused before any account is made.
         let opts = ResolveOptions {
             create_missing: true,
-            read_only: false,
+            ..Default::default()
         };
         let err = resolve(&values(&["uw-never-created", "0"]), &opts).unwrap_err();
         assert!(matches!(err, AccountError::Root(_)));

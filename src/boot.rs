@@ -6,6 +6,11 @@
 //! sandbox process runs with its egress open. The batch replaces only `inet userwall` (add,
 //! delete, add), so the unit cannot touch another table either.
 //!
+//! Debian's and Ubuntu's `nftables.service` runs `flush ruleset` when its configuration starts
+//! with it, and on every stop and restart. So the unit starts after it (`After=`) and follows its
+//! restarts (`PartOf=`): a restart of nftables.service restarts ours, which puts our table back
+//! after the flush. Neither line needs nftables.service to exist.
+//!
 //! On Windows the same job is done by the filters' persistent flag: BFE reloads persistent
 //! objects when it starts, and no unit is needed.
 
@@ -84,6 +89,8 @@ impl BootUnit {
              DefaultDependencies=no\n\
              Before=network-pre.target shutdown.target\n\
              Wants=network-pre.target\n\
+             After=nftables.service\n\
+             PartOf=nftables.service\n\
              Conflicts=shutdown.target\n\
              RequiresMountsFor={state}\n\
              ConditionPathExists={table}\n\
@@ -241,6 +248,8 @@ mod tests {
         for line in [
             "DefaultDependencies=no",
             "Before=network-pre.target shutdown.target",
+            "After=nftables.service",
+            "PartOf=nftables.service",
             "Type=oneshot",
             "ExecStart=/usr/sbin/nft -j -f /x/state/table.json",
             "ExecStop=-/usr/sbin/nft delete table inet userwall",

@@ -42,9 +42,10 @@ struct Cli {
     /// Where the setup marker lives.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// Where setup installs the boot unit and uninstall removes it.
-    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_UNIT_DIR)]
-    unit_dir: PathBuf,
+    /// Where setup installs the boot unit and uninstall removes it [default:
+    /// /etc/systemd/system, and only in the host's network namespace].
+    #[arg(long, global = true, value_name = "DIR")]
+    unit_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -204,6 +205,24 @@ fn fail(e: setup::Error) -> u8 {
     }
 }
 
+/// The unit dir to use: the one given, else the system's, but only in the host's network
+/// namespace. A unit written from another namespace would load our table into the host's at
+/// the next boot, where nobody asked for it.
+fn unit_dir(given: &Option<PathBuf>, warn: bool) -> Option<PathBuf> {
+    if given.is_some() {
+        return given.clone();
+    }
+    if userwall::marker::in_host_netns() {
+        return Some(PathBuf::from(DEFAULT_UNIT_DIR));
+    }
+    if warn {
+        eprintln!(
+            "userwall: warning: not in the host's network namespace: no boot unit installed (pass --unit-dir to choose one anyway)"
+        );
+    }
+    None
+}
+
 fn exit_for(code: ErrorCode) -> u8 {
     match code {
         ErrorCode::AccountRefused
@@ -233,7 +252,7 @@ fn print_setup(report: &SetupReport) {
         }
         Decision::Applied => {
             println!(
-                "preset {} for {}: firewall not written ({})",
+                "preset {} for {}: table inet userwall already in place, not rewritten ({})",
                 report.preset,
                 accounts.join(", "),
                 report.reasons.join("; ")
@@ -276,10 +295,11 @@ fn run_probe(
     exp_policy: &userwall::policy::Policy,
     rendered: &userwall::nft::render::Rendered,
     accounts: &[userwall::accounts::Account],
+    sandboxed: &std::collections::BTreeSet<u32>,
     targets: &[IpAddr],
     json: bool,
 ) -> u8 {
-    match probe::probe(&ctx.nft, exp_policy, rendered, accounts, targets) {
+    match probe::probe(&ctx.nft, exp_policy, rendered, accounts, sandboxed, targets) {
         Ok(report) => {
             if json {
                 print_json(&report);
@@ -320,7 +340,11 @@ fn main() -> ExitCode {
             let req = SetupRequest {
                 request: request(which, *create_account),
                 mode: mode.0,
-                unit_dir: (!no_boot_unit).then(|| cli.unit_dir.clone()),
+                unit_dir: if *no_boot_unit {
+                    None
+                } else {
+                    unit_dir(&cli.unit_dir, true)
+                },
                 lock_wait: Duration::from_secs_f64(*lock_wait),
                 log: None,
                 metrics: MetricsSettings {
@@ -336,6 +360,7 @@ fn main() -> ExitCode {
                     policy,
                     rendered,
                     &report.accounts,
+                    &report.accounts.iter().map(|a| a.uid).collect(),
                     &DEFAULT_TARGETS,
                 )),
                 _ => None,
@@ -367,7 +392,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Uninstall { json } => {
-            match setup::uninstall(&ctx, Some(&cli.unit_dir), DEFAULT_LOCK_WAIT) {
+            match setup::uninstall(
+                &ctx,
+                unit_dir(&cli.unit_dir, false).as_deref(),
+                DEFAULT_LOCK_WAIT,
+            ) {
                 Err(e) => fail(e),
                 Ok(report) => {
                     if *json {
@@ -425,9 +454,6 @@ fn main() -> ExitCode {
         } => match setup::plan(&ctx, &request(which, *create_account)) {
             Err(e) => fail(e),
             Ok(report) => {
-                if let Some(s) = &report.status {
-                    warn_all(&s.warnings);
-                }
                 if *json {
                     print_json(&report);
                 } else if report.changes.is_empty() {
@@ -451,9 +477,11 @@ fn main() -> ExitCode {
             json,
         } => {
             let req = request(which, false);
-            match setup::expectation(&ctx, &req) {
+            match setup::expectation(&ctx, &req)
+                .and_then(|exp| Ok((setup::sandboxed_uids(&ctx)?, exp)))
+            {
                 Err(e) => fail(e),
-                Ok(exp) => {
+                Ok((sandboxed, exp)) => {
                     warn_all(&exp.warnings);
                     let targets = if targets.is_empty() {
                         DEFAULT_TARGETS.to_vec()
@@ -465,6 +493,7 @@ fn main() -> ExitCode {
                         &exp.policy,
                         &exp.rendered,
                         &exp.accounts,
+                        &sandboxed,
                         &targets,
                         *json,
                     )

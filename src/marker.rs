@@ -39,6 +39,10 @@ pub struct Marker {
     /// Accounts setup created (it never deletes them; this is for the operator).
     #[serde(default)]
     pub created_accounts: Vec<String>,
+    /// The network namespace the table was installed in (the inode of `/proc/self/ns/net`).
+    /// Rules are per namespace, so a marker from another namespace says nothing about this one.
+    #[serde(default)]
+    pub netns: Option<u64>,
     /// RFC 3339 time of writing.
     pub written_at: String,
 }
@@ -116,6 +120,11 @@ pub fn read_trusted(state_dir: &Path) -> Result<(Option<Marker>, Option<String>)
             path.display(),
             meta.mode() & 0o777
         ))
+    } else if marker.netns.is_some() && marker.netns != current_netns() {
+        Some(format!(
+            "{} records a setup in another network namespace; it is ignored here (give each namespace its own --state-dir)",
+            path.display()
+        ))
     } else if marker.setup_version > SETUP_VERSION {
         Some(format!(
             "{} was written by a newer userwall (setup version {} > {SETUP_VERSION}); it is ignored",
@@ -130,6 +139,34 @@ pub fn read_trusted(state_dir: &Path) -> Result<(Option<Marker>, Option<String>)
     } else {
         (Some(marker), None)
     })
+}
+
+/// The current network namespace's identity: the inode of `/proc/self/ns/net`.
+pub fn current_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
+/// Whether this process runs in the host's network namespace (the one of PID 1). When that
+/// cannot be read, assume it does.
+pub fn in_host_netns() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        current_netns(),
+        fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino()),
+    ) {
+        (Some(here), Some(host)) => here == host,
+        _ => true,
+    }
+}
+
+/// Whether the marker in `state_dir` may be removed from this namespace: it is absent,
+/// unreadable as a marker, or records this namespace (or none).
+pub fn belongs_here(state_dir: &Path) -> bool {
+    match read(state_dir) {
+        Ok(Some(m)) => m.netns.is_none() || m.netns == current_netns(),
+        _ => true,
+    }
 }
 
 /// Reads the marker; `Ok(None)` when there is none.
@@ -251,6 +288,7 @@ mod tests {
             policy_fingerprint: "sha256:0011223344556677".into(),
             objects: vec!["nft table inet userwall".into()],
             created_accounts: Vec::new(),
+            netns: current_netns(),
             written_at: now_rfc3339(),
         }
     }
@@ -303,7 +341,18 @@ mod tests {
         if nix::unistd::Uid::effective().is_root() {
             assert!(m.is_none() && why.unwrap().contains("newer"));
         }
+        let elsewhere = Marker {
+            netns: Some(1),
+            ..sample()
+        };
+        write(dir.path(), &elsewhere).unwrap();
+        let (m, why) = read_trusted(dir.path()).unwrap();
+        if nix::unistd::Uid::effective().is_root() {
+            assert!(m.is_none() && why.unwrap().contains("another network namespace"));
+        }
+        assert!(!belongs_here(dir.path()));
         fs::write(&path, "[]").unwrap();
+        assert!(belongs_here(dir.path()));
         let (m, why) = read_trusted(dir.path()).unwrap();
         assert!(m.is_none() && why.unwrap().contains("not a valid userwall marker"));
     }

@@ -552,10 +552,15 @@ fn judge(
         (code::ECHO_REPLY, None) => (Outcome::Open, "echo reply received".to_string()),
         (code::SEND_FAILED, Some(ours)) => (Outcome::Blocked, format!("{}, {ours}", err())),
         (code::NO_ECHO_REPLY, Some(ours)) => (Outcome::Blocked, format!("no reply, {ours}")),
-        (_, Some(ours)) => (
-            Outcome::Blocked,
-            format!("{ours}, though the attempt reported success"),
+        (code::CONNECTED_OR_SENT, Some(ours)) | (code::ECHO_REPLY, Some(ours)) => (
+            Outcome::Open,
+            format!("got through although {ours}: that rule does not block (run `userwall status`)"),
         ),
+        (code::TIMED_OUT, Some(ours)) => (
+            Outcome::CouldNotTest,
+            format!("no answer within 3 s and {ours}, but our verdict fails at once: the rule may have been changed (run `userwall status`)"),
+        ),
+        (other, Some(ours)) => (Outcome::CouldNotTest, format!("unknown result code {other}, {ours}")),
         (code::SEND_FAILED, None) if o.errno == libc::ECONNREFUSED => (
             Outcome::Open,
             "ECONNREFUSED from the target; no rule of ours counted it".to_string(),
@@ -590,12 +595,15 @@ fn counters(nft: &Nft) -> Result<BTreeMap<String, u64>, nft::BackendError> {
 }
 
 /// Runs the matrix for every account. `rendered` is the policy's rendering (for which rule
-/// covers which channel); the live uid set decides which accounts are expected to be blocked.
+/// covers which channel). An account whose uid is in `sandboxed_uids` is expected blocked on
+/// every channel a rule covers, whether or not our table is live, so a deleted table shows up
+/// as rows that are not as expected; any other account is expected open everywhere.
 pub fn probe(
     nft: &Nft,
     policy: &crate::policy::Policy,
     rendered: &Rendered,
     accounts: &[Account],
+    sandboxed_uids: &BTreeSet<u32>,
     targets: &[IpAddr],
 ) -> Result<Report, ProbeError> {
     if !sys::is_root() {
@@ -610,13 +618,10 @@ pub fn probe(
         action: "reading the control listener's address",
         source,
     })?;
-    let live_uids: BTreeSet<u32> = nft::read_live(nft)?
-        .and_then(|l| l.state.uid_set.map(|s| s.uids))
-        .unwrap_or_default();
     let channels = channels(rendered, policy, targets, control);
     let mut rows = Vec::new();
     for account in accounts {
-        let sandboxed = live_uids.contains(&account.uid);
+        let sandboxed = sandboxed_uids.contains(&account.uid);
         for channel in &channels {
             let loopback = is_loopback_dest(&channel.dest);
             let rule = if channel.control {

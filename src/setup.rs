@@ -49,7 +49,7 @@ pub struct Request {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Must be root.
-    #[error("{0} must run as root: it changes the firewall (and may create an account); run it with sudo")]
+    #[error("{0} must run as root: it changes the firewall; run it with sudo")]
     NotRoot(&'static str),
     /// A refused or unknown account.
     #[error(transparent)]
@@ -115,17 +115,29 @@ fn uids(accounts: &[Account]) -> BTreeSet<u32> {
     accounts.iter().map(|a| a.uid).collect()
 }
 
-/// Reads the marker, turning a corrupt one into a warning (it is then treated as absent).
+/// Reads the marker when it can be trusted here; otherwise notes why it was ignored.
 fn read_marker(ctx: &Context, warnings: &mut Vec<String>) -> Result<Option<Marker>, Error> {
-    match marker::read(&ctx.state_dir) {
-        Ok(m) => Ok(m),
-        Err(e @ MarkerError::Corrupt { .. }) => {
-            warnings.push(e.to_string());
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+    let (marker, ignored) = marker::read_trusted(&ctx.state_dir)?;
+    warnings.extend(ignored);
+    Ok(marker)
 }
+
+/// The uids that should be sandboxed here: the trusted marker's and the live set's.
+pub fn sandboxed_uids(ctx: &Context) -> Result<BTreeSet<u32>, Error> {
+    let mut uids: BTreeSet<u32> = read_marker(ctx, &mut Vec::new())?
+        .map(|m| m.uids.into_iter().collect())
+        .unwrap_or_default();
+    if let Some(set) = nft::read_live(&ctx.nft)?.and_then(|l| l.state.uid_set) {
+        uids.extend(set.uids);
+    }
+    Ok(uids)
+}
+
+const LOOK_ONLY: ResolveOptions = ResolveOptions {
+    create_missing: false,
+    read_only: true,
+    allow_any: true,
+};
 
 /// Works out what read-only commands should expect: `--account` values, else the marker's
 /// uids, else the default account when it exists.
@@ -137,14 +149,7 @@ pub fn expectation(ctx: &Context, req: &Request) -> Result<Expectation, Error> {
         .or_else(|| marker.as_ref().and_then(|m| m.preset.parse().ok()))
         .unwrap_or_default();
     let (accounts, source) = if !req.accounts.is_empty() {
-        let r = accounts::resolve(
-            &req.accounts,
-            &ResolveOptions {
-                create_missing: false,
-                read_only: true,
-            },
-        )?;
-        warnings.extend(r.warnings);
+        let r = accounts::resolve(&req.accounts, &LOOK_ONLY)?;
         (r.accounts, "--account")
     } else if let Some(m) = marker.as_ref().filter(|m| !m.uids.is_empty()) {
         (
@@ -152,13 +157,7 @@ pub fn expectation(ctx: &Context, req: &Request) -> Result<Expectation, Error> {
             "marker",
         )
     } else {
-        match accounts::resolve(
-            &[],
-            &ResolveOptions {
-                create_missing: false,
-                read_only: true,
-            },
-        ) {
+        match accounts::resolve(&[], &LOOK_ONLY) {
             Ok(r) => (r.accounts, "default"),
             Err(AccountError::Unknown(_)) => {
                 // Last resort: whoever the live set names. Good enough to probe them and to
@@ -220,7 +219,7 @@ pub struct StatusReport {
 
 /// Compares the live table with what is expected; changes nothing.
 pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
-    let mut exp = match expectation(ctx, req) {
+    let exp = match expectation(ctx, req) {
         Err(Error::NoAccounts(_)) if nft::read_live(&ctx.nft)?.is_none() => {
             // Nothing installed and nothing to expect: that is simply "not installed".
             let policy = Policy::preset(req.preset.unwrap_or_default());
@@ -236,16 +235,13 @@ pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
         other => other?,
     };
     let live = nft::read_live(&ctx.nft)?;
-    let differences = diff(&exp.rendered.table, live.as_ref().map(|l| &l.state));
-    if let Some(live) = &live {
-        let foreign = live.state.foreign_content();
+    if let Some(foreign) = live.as_ref().map(|l| l.state.foreign_content()) {
+        // Setup and uninstall refuse such a table, so "drifted, run setup" would be a lie.
         if !foreign.is_empty() {
-            exp.warnings.push(format!(
-                "table inet userwall holds objects userwall did not create: {}",
-                foreign.join("; ")
-            ));
+            return Err(BackendError::ForeignTable(foreign).into());
         }
     }
+    let differences = diff(&exp.rendered.table, live.as_ref().map(|l| &l.state));
     let marker = read_marker(ctx, &mut Vec::new())?;
     // A missing table after a recorded setup is drift (someone deleted it), not a fresh machine.
     let state = match (&live, differences.is_empty()) {
@@ -576,8 +572,8 @@ impl Runner<'_> {
         let start = Instant::now();
         let result = f();
         let millis = duration_ms(start.elapsed());
-        self.current = None;
-        match result {
+        // `current` stays set while the sink runs, so a panic there is charged to this step.
+        let value = match result {
             Ok((value, message)) => {
                 self.record(step, StepOutcome::Ok, millis, None, message);
                 Some(value)
@@ -589,7 +585,9 @@ impl Runner<'_> {
                 }
                 None
             }
-        }
+        };
+        self.current = None;
+        value
     }
 
     fn skip(&mut self, step: StepName, why: &str) {
@@ -737,6 +735,7 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
             &ResolveOptions {
                 create_missing: req.request.create_account,
                 read_only: false,
+                allow_any: false,
             },
         )?;
         let labels: Vec<String> = r.accounts.iter().map(Account::label).collect();
@@ -753,6 +752,14 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
         Err(e) => (None, Some(e.to_string())),
     };
     report.warnings.extend(ignored);
+    let previously: BTreeSet<u32> = live
+        .as_ref()
+        .and_then(|l| l.state.uid_set.as_ref())
+        .map(|s| s.uids.clone())
+        .unwrap_or_default();
+    for uid in previously.difference(&uids(&resolved.accounts)) {
+        report.warnings.push(format!("uid {uid} was sandboxed and no longer is: this setup does not name it (pass every account with --account)"));
+    }
     let preset = req.request.preset.unwrap_or_default();
     let policy = Policy::preset(preset);
     let rendered = render(&policy, &uids(&resolved.accounts));
@@ -794,7 +801,13 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
     report.rendered = Some(rendered.clone());
     report.policy = Some(policy.clone());
 
-    if report.reasons.is_empty() && boot_current {
+    let firewall_current = report.reasons.is_empty();
+    if !boot_current {
+        report
+            .reasons
+            .push("the boot unit or its batch is missing or out of date".into());
+    }
+    if firewall_current && boot_current {
         report.decision = Decision::UpToDate;
         for step in [
             StepName::Apply,
@@ -808,7 +821,7 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
     }
     report.decision = Decision::Applied;
     let mut filters_ok = true;
-    if report.reasons.is_empty() {
+    if firewall_current {
         runner.skip(StepName::Apply, "live table already matches");
         runner.skip(StepName::Verify, "nothing written");
     } else {
@@ -882,6 +895,7 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
         policy_fingerprint: policy.fingerprint(),
         objects,
         created_accounts: created,
+        netns: marker::current_netns(),
         written_at: marker::now_rfc3339(),
     };
     report.wrote_marker = runner
@@ -929,7 +943,8 @@ pub fn uninstall(
         None => false,
     };
     let removed_table = nft::remove(&ctx.nft)?;
-    let removed_marker = marker::remove(&ctx.state_dir)?;
+    // A marker of another namespace's setup (same state dir) is that setup's record, not ours.
+    let removed_marker = marker::belongs_here(&ctx.state_dir) && marker::remove(&ctx.state_dir)?;
     let _ = journal::clear_error_report(&ctx.state_dir);
     Ok(UninstallReport {
         removed_table,
@@ -943,15 +958,19 @@ pub fn uninstall(
 pub struct PlanReport {
     /// Accounts setup would create.
     pub would_create_accounts: Vec<String>,
-    /// The table comparison, for the accounts that exist.
-    pub status: Option<StatusReport>,
+    /// The accounts that exist already.
+    pub accounts: Vec<Account>,
+    /// The preset.
+    pub preset: String,
+    /// How the live table differs from the rendering for the existing accounts.
+    pub differences: Vec<Difference>,
     /// Every change, as text lines: accounts first, then the table.
     pub changes: Vec<String>,
 }
 
 /// What setup would change with the same arguments, changing nothing. Like setup, and unlike
 /// status, it does not fall back to the marker: no `--account` means the default account and
-/// no `--preset` means the default preset.
+/// no `--preset` means the default preset. It refuses what setup would refuse.
 pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
     let defaulted = req.accounts.is_empty();
     let candidates: Vec<String> = if defaulted {
@@ -963,51 +982,45 @@ pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
     let mut existing = Vec::new();
     for value in &candidates {
         let one = std::slice::from_ref(value);
-        match accounts::resolve(
-            one,
-            &ResolveOptions {
-                create_missing: false,
-                read_only: true,
-            },
-        ) {
-            Ok(_) => existing.push(value.clone()),
+        let opts = ResolveOptions {
+            create_missing: false,
+            read_only: true,
+            allow_any: false,
+        };
+        match accounts::resolve(one, &opts) {
+            Ok(r) => existing.extend(r.accounts),
             Err(AccountError::Unknown(name)) if defaulted || req.create_account => {
                 would_create.push(name)
             }
             Err(e) => return Err(e.into()),
         }
     }
+    let live = nft::read_live(&ctx.nft)?;
+    if let Some(foreign) = live.as_ref().map(|l| l.state.foreign_content()) {
+        if !foreign.is_empty() {
+            return Err(BackendError::ForeignTable(foreign).into());
+        }
+    }
+    let policy = Policy::preset(req.preset.unwrap_or_default());
+    let rendered = render(&policy, &uids(&existing));
+    let differences = diff(&rendered.table, live.as_ref().map(|l| &l.state));
     let mut changes: Vec<String> = would_create
         .iter()
         .map(|n| format!("+ account {n} (locked system account, created by setup)"))
         .collect();
-    let preset = Some(req.preset.unwrap_or_default());
-    let status = if existing.is_empty() {
-        let live = nft::read_live(&ctx.nft)?;
-        changes.push(if live.is_some() {
-            "~ table inet userwall (replaced for the new account's uid)".to_string()
-        } else {
-            "+ table inet userwall".to_string()
-        });
-        None
-    } else {
-        let s = status(
-            ctx,
-            &Request {
-                accounts: existing,
-                preset,
-                create_account: false,
-            },
-        )?;
-        changes.extend(s.diff.iter().cloned());
-        if !would_create.is_empty() {
-            changes.push("+ sandbox uids of the accounts created above".into());
-        }
-        Some(s)
-    };
+    changes.extend(differences.iter().map(ToString::to_string));
+    if !would_create.is_empty() {
+        changes.push("+ sandbox uids of the accounts created above".into());
+    }
+    let (marker, _) = marker::read_trusted(&ctx.state_dir)?;
+    if changes.is_empty() && marker.is_none() {
+        changes.push("+ setup marker (setup rewrites the table to record it)".into());
+    }
     Ok(PlanReport {
         would_create_accounts: would_create,
-        status,
+        accounts: existing,
+        preset: policy.preset.name().into(),
+        differences,
         changes,
     })
 }
