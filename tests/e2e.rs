@@ -588,3 +588,153 @@ fn an_unusable_state_dir_stops_setup_before_any_change() {
         "setup wrote the firewall before finding the state dir unusable"
     );
 }
+
+#[test]
+fn a_deleted_table_makes_the_probe_fail_not_pass() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup(&lab, &[SANDBOX_UID], &[]).expect_code(0);
+    lab.client.nft(&["delete", "table", "inet", "userwall"]);
+    let run = lab.userwall(&["probe", "--json"]);
+    run.expect_code(5);
+    let report = run.json();
+    let off: Vec<Value> = rows(&report)
+        .into_iter()
+        .filter(|r| r["result"] != r["expected"])
+        .collect();
+    assert_eq!(
+        off.len(),
+        26,
+        "every covered channel is open although the marker says blocked"
+    );
+}
+
+#[test]
+fn a_rule_turned_into_accept_is_reported_open_not_blocked() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    let peer = Peer::listen(&lab.peer);
+    setup(&lab, &[SANDBOX_UID], &[]).expect_code(0);
+    let listing = lab
+        .client
+        .nft(&["-a", "list", "chain", "inet", "userwall", "sandbox_egress"]);
+    for (name, matcher) in [
+        ("userwall:dns_v4 tcp", "meta nfproto ipv4 tcp dport 53"),
+        (
+            "userwall:dns_v4 udp,dccp,sctp,udplite",
+            "meta nfproto ipv4 meta l4proto { udp, dccp, sctp, udplite } th dport 53",
+        ),
+    ] {
+        let handle = listing
+            .lines()
+            .find(|l| l.contains(&format!("\"{name}\"")))
+            .and_then(|l| l.rsplit("# handle ").next())
+            .unwrap()
+            .trim()
+            .to_string();
+        // Same comment, same counter, but the verdict lets traffic through.
+        let rule = format!("{matcher} counter accept comment \"{name}\"");
+        lab.client.nft_script(&format!(
+            "replace rule inet userwall sandbox_egress handle {handle} {rule}\n"
+        ));
+    }
+    let run = lab.userwall(&[
+        "probe",
+        "--json",
+        "--account",
+        &SANDBOX_UID.to_string(),
+        "--target",
+        PEER_V4,
+    ]);
+    run.expect_code(5);
+    let report = run.json();
+    for channel in ["udp/53 v4", "tcp/53 v4"] {
+        let row = rows(&report)
+            .into_iter()
+            .find(|r| r["channel"] == channel)
+            .unwrap();
+        assert_eq!(row["result"], "open", "{row}");
+        assert!(
+            row["evidence"].as_str().unwrap().contains("does not block"),
+            "{row}"
+        );
+    }
+    assert!(
+        peer.hits().get("tcp/53").is_some(),
+        "the tampered rule let the connect through"
+    );
+    lab.userwall(&["status"]).expect_code(3);
+}
+
+#[test]
+fn status_refuses_a_table_with_foreign_rules_instead_of_promising_a_repair() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup(&lab, &[SANDBOX_UID], &[]).expect_code(0);
+    lab.client.nft(&[
+        "add",
+        "rule",
+        "inet",
+        "userwall",
+        "sandbox_egress",
+        "tcp",
+        "dport",
+        "8080",
+        "drop",
+    ]);
+    for cmd in [&["status"][..], &["plan", "--account", "47001"][..]] {
+        let run = lab.userwall(cmd);
+        run.expect_code(1);
+        assert!(run.stderr.contains("not ours"), "{cmd:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("handle"),
+            "names the rule to delete: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_marker_from_another_namespace_is_ignored_and_kept() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup(&lab, &[SANDBOX_UID], &[]).expect_code(0);
+    // The peer namespace shares the state dir but has no table of ours.
+    let mut cmd = lab.peer.cmd(env!("CARGO_BIN_EXE_userwall"));
+    cmd.arg("--state-dir")
+        .arg(lab.state.path())
+        .arg("--unit-dir")
+        .arg(lab.unit_dir());
+    let status = Run::from(
+        cmd.arg("status")
+            .arg("--account")
+            .arg("47001")
+            .output()
+            .unwrap(),
+    );
+    status.expect_code(4);
+    assert!(
+        status.stderr.contains("another network namespace"),
+        "{}",
+        status.stderr
+    );
+    let mut cmd = lab.peer.cmd(env!("CARGO_BIN_EXE_userwall"));
+    cmd.arg("--state-dir")
+        .arg(lab.state.path())
+        .arg("--unit-dir")
+        .arg(lab.unit_dir());
+    Run::from(cmd.arg("uninstall").output().unwrap()).expect_code(0);
+    assert!(
+        lab.state.path().join("setup.json").exists(),
+        "uninstall elsewhere removed this namespace's marker"
+    );
+    lab.userwall(&["status"]).expect_code(0);
+}

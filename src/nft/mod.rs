@@ -34,7 +34,7 @@ pub enum BackendError {
     #[error(transparent)]
     Nft(#[from] NftError),
     /// A table named like ours holds things we did not put there.
-    #[error("table {NFT_FAMILY} {NFT_TABLE} exists but holds objects userwall does not create ({}); it is not ours to replace or delete: rename or remove it yourself, then run again", .0.join("; "))]
+    #[error("table {NFT_FAMILY} {NFT_TABLE} exists but holds objects userwall does not create ({}); it is not ours to replace or delete: delete those objects (nft delete rule inet userwall CHAIN handle N, ...) or the whole table yourself, then run again", .0.join("; "))]
     ForeignTable(Vec<String>),
     /// The listing did not parse.
     #[error(transparent)]

@@ -220,6 +220,7 @@ impl Builder {
                 comment: Some(comment),
                 expr: self.exprs,
                 text: Some(self.words.join(" ")),
+                handle: None,
             },
         }
     }
@@ -352,6 +353,7 @@ pub fn render(policy: &Policy, uids: &BTreeSet<u32>) -> Rendered {
             crate::ids::NFT_UID_SET,
             dispatch_comment()
         )),
+        handle: None,
     };
     let mut rules = vec![dispatch];
     rules.extend(egress.iter().map(|r| r.rule.clone()));

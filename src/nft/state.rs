@@ -62,6 +62,9 @@ pub struct NftRule {
     /// The `nft` text, when we rendered the rule ourselves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The kernel's handle, for rules read back (not part of the comparison).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
 }
 
 /// Rules compare by what they do, not by how they were written down.
@@ -169,11 +172,13 @@ impl TableState {
                         .cloned()
                         .unwrap_or_default();
                     expr.iter_mut().for_each(zero_counters);
+                    let handle = body.get("handle").and_then(Value::as_u64);
                     state.rules.push(NftRule {
                         chain,
                         comment,
                         expr,
                         text: None,
+                        handle,
                     });
                 }
                 _ => state.foreign_objects.push(format!("{kind} {name}")),
@@ -192,11 +197,15 @@ impl TableState {
                 .as_deref()
                 .is_some_and(|c| c.starts_with(crate::ids::NFT_COMMENT_PREFIX));
             if !ours {
-                found.push(format!(
-                    "rule in chain {} with comment {:?}",
-                    rule.chain,
-                    rule.comment.as_deref().unwrap_or("")
-                ));
+                let handle = rule
+                    .handle
+                    .map(|h| format!(" handle {h}"))
+                    .unwrap_or_default();
+                let comment = match &rule.comment {
+                    Some(c) => format!("comment {c:?}"),
+                    None => "no comment".into(),
+                };
+                found.push(format!("rule in chain {}{handle} ({comment})", rule.chain));
             }
         }
         found
