@@ -104,10 +104,7 @@ fn send(settings: &MetricsSettings, report: &SetupReport) -> Result<(), String> 
     let meter = provider.meter("userwall");
     let (name, attributes) = measurement(report);
     meter.u64_counter(name).build().add(1, &attributes);
-    provider
-        .force_flush()
-        .map_err(|e| format!("exporting: {e}"))?;
-    provider
-        .shutdown()
-        .map_err(|e| format!("shutting the exporter down: {e}"))
+    // Shutdown collects and exports once; a flush before it would export the (cumulative)
+    // counter a second time.
+    provider.shutdown().map_err(|e| format!("exporting: {e}"))
 }

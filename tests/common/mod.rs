@@ -449,3 +449,160 @@ impl Drop for AccountGuard {
         let _ = Command::new("groupdel").arg(&self.0).output();
     }
 }
+
+/// One decoded counter data point: metric name, attributes as text, value.
+pub type Point = (String, BTreeMap<String, String>, i64);
+
+/// An OTLP/HTTP metrics receiver on 127.0.0.1 inside a namespace. It answers every POST with
+/// 200 and decodes the protobuf body.
+pub struct OtlpReceiver {
+    /// `http://127.0.0.1:PORT/v1/metrics`.
+    pub url: String,
+    /// The port.
+    pub port: u16,
+    points: Arc<Mutex<Vec<Point>>>,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OtlpReceiver {
+    /// Starts listening in `ns`.
+    pub fn start(ns: &Netns) -> OtlpReceiver {
+        let points = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = PathBuf::from("/run/netns").join(&ns.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (points, requests, stop) = (points.clone(), requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let file = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.set_nonblocking(true).unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            conn.set_nonblocking(false).unwrap();
+                            if let Some(body) = read_http_post(conn) {
+                                requests.fetch_add(1, Ordering::SeqCst);
+                                points.lock().unwrap().extend(decode(&body));
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        let port = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("receiver did not start");
+        OtlpReceiver {
+            url: format!("http://127.0.0.1:{port}/v1/metrics"),
+            port,
+            points,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every data point received so far.
+    pub fn points(&self) -> Vec<Point> {
+        self.points.lock().unwrap().clone()
+    }
+
+    /// How many export requests arrived.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_http_post(mut conn: std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let (header_end, length) = loop {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..pos]).to_ascii_lowercase();
+            assert!(head.starts_with("post "), "not a POST: {head}");
+            assert!(
+                !head.contains("content-encoding: gzip"),
+                "unexpected compression"
+            );
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap())
+                .expect("content-length");
+            break (pos + 4, length);
+        }
+    };
+    while data.len() < header_end + length {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    Some(data[header_end..header_end + length].to_vec())
+}
+
+fn decode(body: &[u8]) -> Vec<Point> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Num};
+    use prost::Message;
+    let request = ExportMetricsServiceRequest::decode(body).expect("an OTLP metrics export");
+    let mut out = Vec::new();
+    for resource in request.resource_metrics {
+        for scope in resource.scope_metrics {
+            for metric in scope.metrics {
+                let Some(Data::Sum(sum)) = metric.data else {
+                    continue;
+                };
+                for point in sum.data_points {
+                    let attrs = point
+                        .attributes
+                        .iter()
+                        .map(|kv| {
+                            let value = match kv.value.as_ref().and_then(|v| v.value.clone()) {
+                                Some(Any::StringValue(s)) => s,
+                                Some(Any::IntValue(i)) => i.to_string(),
+                                Some(Any::BoolValue(b)) => b.to_string(),
+                                Some(Any::DoubleValue(d)) => d.to_string(),
+                                other => format!("{other:?}"),
+                            };
+                            (kv.key.clone(), value)
+                        })
+                        .collect();
+                    let value = match point.value {
+                        Some(Num::AsInt(i)) => i,
+                        Some(Num::AsDouble(d)) => d as i64,
+                        None => 0,
+                    };
+                    out.push((metric.name.clone(), attrs, value));
+                }
+            }
+        }
+    }
+    out
+}
