@@ -664,7 +664,7 @@ fn a_rule_turned_into_accept_is_reported_open_not_blocked() {
         );
     }
     assert!(
-        peer.hits().get("tcp/53").is_some(),
+        peer.hits().contains_key("tcp/53"),
         "the tampered rule let the connect through"
     );
     lab.userwall(&["status"]).expect_code(3);
