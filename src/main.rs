@@ -11,7 +11,7 @@ use userwall::lock::DEFAULT_LOCK_WAIT;
 use userwall::marker::DEFAULT_STATE_DIR;
 use userwall::nft::Nft;
 use userwall::policy::Preset;
-use userwall::probe::{self, DEFAULT_TARGETS};
+use userwall::probe;
 use userwall::setup::{
     self, Context, Decision, MetricsSettings, Mode, Request, SetupReport, SetupRequest,
     StepOutcome, SyncState,
@@ -292,15 +292,22 @@ fn print_setup(report: &SetupReport) {
 
 fn run_probe(
     ctx: &Context,
-    exp_policy: &userwall::policy::Policy,
-    rendered: &userwall::nft::render::Rendered,
-    accounts: &[userwall::accounts::Account],
+    exp: &setup::Expectation,
     sandboxed: &std::collections::BTreeSet<u32>,
     targets: &[IpAddr],
+    notes: &[String],
     json: bool,
 ) -> u8 {
-    match probe::probe(&ctx.nft, exp_policy, rendered, accounts, sandboxed, targets) {
-        Ok(report) => {
+    match probe::probe(
+        &ctx.nft,
+        &exp.policy,
+        &exp.rendered,
+        &exp.accounts,
+        sandboxed,
+        targets,
+    ) {
+        Ok(mut report) => {
+            report.notes.extend(notes.iter().cloned());
             if json {
                 print_json(&report);
             } else {
@@ -355,14 +362,23 @@ fn main() -> ExitCode {
             let report = setup::run_setup(&ctx, &req);
             warn_all(&report.warnings);
             let probe = match (no_probe, report.success, &report.rendered, &report.policy) {
-                (false, true, Some(rendered), Some(policy)) => Some(probe::probe(
-                    &ctx.nft,
-                    policy,
-                    rendered,
-                    &report.accounts,
-                    &report.accounts.iter().map(|a| a.uid).collect(),
-                    &DEFAULT_TARGETS,
-                )),
+                (false, true, Some(rendered), Some(policy)) => {
+                    let (targets, note) = probe::default_targets();
+                    Some(
+                        probe::probe(
+                            &ctx.nft,
+                            policy,
+                            rendered,
+                            &report.accounts,
+                            &report.accounts.iter().map(|a| a.uid).collect(),
+                            &targets,
+                        )
+                        .map(|mut p| {
+                            p.notes.extend(note);
+                            p
+                        }),
+                    )
+                }
                 _ => None,
             };
             if *json {
@@ -436,7 +452,16 @@ fn main() -> ExitCode {
                             for line in &report.diff {
                                 println!("  {line}");
                             }
-                            println!("run `userwall setup` to repair");
+                            let accounts: Vec<String> = report
+                                .accounts
+                                .iter()
+                                .map(|a| format!("--account {}", a.name.clone().unwrap_or_else(|| a.uid.to_string())))
+                                .collect();
+                            println!(
+                                "run `userwall setup {} --preset {}` to repair",
+                                accounts.join(" "),
+                                report.preset
+                            );
                         }
                     }
                 }
@@ -483,20 +508,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
                 Ok((sandboxed, exp)) => {
                     warn_all(&exp.warnings);
-                    let targets = if targets.is_empty() {
-                        DEFAULT_TARGETS.to_vec()
+                    let (targets, notes) = if targets.is_empty() {
+                        let (targets, note) = probe::default_targets();
+                        (targets, note.into_iter().collect::<Vec<_>>())
                     } else {
-                        targets.clone()
+                        (targets.clone(), Vec::new())
                     };
-                    run_probe(
-                        &ctx,
-                        &exp.policy,
-                        &exp.rendered,
-                        &exp.accounts,
-                        &sandboxed,
-                        &targets,
-                        *json,
-                    )
+                    run_probe(&ctx, &exp, &sandboxed, &targets, &notes, *json)
                 }
             }
         }

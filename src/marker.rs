@@ -125,6 +125,17 @@ pub fn read_trusted(state_dir: &Path) -> Result<(Option<Marker>, Option<String>)
             "{} records a setup in another network namespace; it is ignored here (give each namespace its own --state-dir)",
             path.display()
         ))
+    } else if marker.uids.is_empty() || marker.uids.iter().any(|&u| u == 0 || u == u32::MAX) {
+        Some(format!(
+            "{} records no sandbox uid, uid 0 or uid 4294967295; it is ignored",
+            path.display()
+        ))
+    } else if marker.preset.parse::<crate::policy::Preset>().is_err() {
+        Some(format!(
+            "{} records an unknown preset {:?}; it is ignored",
+            path.display(),
+            marker.preset
+        ))
     } else if marker.setup_version > SETUP_VERSION {
         Some(format!(
             "{} was written by a newer userwall (setup version {} > {SETUP_VERSION}); it is ignored",

@@ -123,6 +123,38 @@ pub struct Row {
 pub struct Report {
     /// Every row.
     pub rows: Vec<Row>,
+    /// Notes on what was not probed and why.
+    pub notes: Vec<String>,
+    /// Counts over the rows.
+    pub summary: Summary,
+}
+
+/// Counts over the rows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// Rows.
+    pub rows: usize,
+    /// Rows blocked.
+    pub blocked: usize,
+    /// Rows open.
+    pub open: usize,
+    /// Rows that could not be tested.
+    pub could_not_test: usize,
+    /// Rows whose result differs from the expectation.
+    pub not_as_expected: usize,
+}
+
+impl Summary {
+    fn of(rows: &[Row]) -> Summary {
+        let count = |o: Outcome| rows.iter().filter(|r| r.result == o).count();
+        Summary {
+            rows: rows.len(),
+            blocked: count(Outcome::Blocked),
+            open: count(Outcome::Open),
+            could_not_test: count(Outcome::CouldNotTest),
+            not_as_expected: rows.iter().filter(|r| r.result != r.expected).count(),
+        }
+    }
 }
 
 impl Report {
@@ -180,22 +212,20 @@ impl Report {
                 w1 = widths[1]
             );
         }
-        let blocked = self
-            .rows
-            .iter()
-            .filter(|r| r.result == Outcome::Blocked)
-            .count();
-        let open = self
-            .rows
-            .iter()
-            .filter(|r| r.result == Outcome::Open)
-            .count();
-        let untested = self.rows.len() - blocked - open;
-        let off = self.rows.iter().filter(|r| r.result != r.expected).count();
+        out += "\n";
+        for note in &self.notes {
+            out += &format!("note: {note}\n");
+        }
+        let Summary {
+            rows,
+            blocked,
+            open,
+            could_not_test,
+            not_as_expected,
+        } = Summary::of(&self.rows);
         out += &format!(
-            "\n{} rows: {blocked} blocked, {open} open, {untested} could not be tested; {} as expected, {off} not\n",
-            self.rows.len(),
-            self.rows.len() - off
+            "{rows} rows: {blocked} blocked, {open} open, {could_not_test} could not be tested; {} as expected, {not_as_expected} not\n",
+            rows - not_as_expected
         );
         out
     }
@@ -288,12 +318,48 @@ pub fn channels(
     out
 }
 
+/// Whether traffic to `dest` leaves through `lo`, as our loopback exemption sees it: the
+/// loopback ranges, the unspecified address (which means this host), and every address of
+/// this namespace's own interfaces (the kernel routes those over `lo` too).
 fn is_loopback_dest(dest: &SocketAddr) -> bool {
-    match dest.ip() {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+    is_loopback_ip(dest.ip(), &local_addresses())
+}
+
+fn is_loopback_ip(ip: IpAddr, local: &BTreeSet<IpAddr>) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    ip.is_loopback() || ip.is_unspecified() || local.contains(&ip)
+}
+
+/// The addresses of this network namespace's interfaces.
+pub fn local_addresses() -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    for ifaddr in nix::ifaddrs::getifaddrs().into_iter().flatten() {
+        let Some(addr) = ifaddr.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.insert(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.insert(IpAddr::V6(v6.ip()));
         }
+    }
+    out
+}
+
+/// The default targets usable here: 127.0.0.1, and ::1 unless IPv6 is off in this namespace
+/// (then ::1 is not assigned and every IPv6 attempt could only fail with EADDRNOTAVAIL).
+pub fn default_targets() -> (Vec<IpAddr>, Option<String>) {
+    if local_addresses().contains(&DEFAULT_TARGETS[1]) {
+        (DEFAULT_TARGETS.to_vec(), None)
+    } else {
+        (
+            vec![DEFAULT_TARGETS[0]],
+            Some("::1 is not assigned here (IPv6 is off in this network namespace): IPv6 channels not probed".into()),
+        )
     }
 }
 
@@ -694,7 +760,12 @@ pub fn probe(
         }
     }
     drop(listener);
-    Ok(Report { rows })
+    let summary = Summary::of(&rows);
+    Ok(Report {
+        rows,
+        notes: Vec::new(),
+        summary,
+    })
 }
 
 #[cfg(test)]

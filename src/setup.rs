@@ -752,11 +752,12 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
         Err(e) => (None, Some(e.to_string())),
     };
     report.warnings.extend(ignored);
-    let previously: BTreeSet<u32> = live
+    let mut previously: BTreeSet<u32> = live
         .as_ref()
         .and_then(|l| l.state.uid_set.as_ref())
         .map(|s| s.uids.clone())
         .unwrap_or_default();
+    previously.extend(marker_before.iter().flat_map(|m| m.uids.iter().copied()));
     for uid in previously.difference(&uids(&resolved.accounts)) {
         report.warnings.push(format!("uid {uid} was sandboxed and no longer is: this setup does not name it (pass every account with --account)"));
     }

@@ -141,6 +141,13 @@ pub fn run_as(
     timeout: Duration,
     attempt: &dyn Fn() -> RawOutcome,
 ) -> std::io::Result<Option<RawOutcome>> {
+    // setres[ug]id treat -1 as "leave unchanged", so these would run the attempt as root.
+    if uid == u32::MAX || gid == u32::MAX || uid == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("refusing to probe as uid {uid} gid {gid}: not a sandbox account"),
+        ));
+    }
     let (read_end, write_end) = pipe()?;
     // SAFETY: the child only makes system calls (setgroups, setres[ug]id, capset, socket calls,
     // poll, write) and leaves through _exit, never returning into the parent's code; the callers

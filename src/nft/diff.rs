@@ -10,8 +10,18 @@ use std::fmt;
 pub enum Difference {
     /// Our table does not exist.
     TableMissing,
+    /// The table has flags set (such as `dormant`, which switches all its chains off).
+    TableFlags {
+        /// What nft printed.
+        flags: String,
+    },
     /// The uid set is missing.
     UidSetMissing,
+    /// The uid set has flags or non-uid elements (ranges, timeouts).
+    UidSetShape {
+        /// What is odd about it.
+        detail: String,
+    },
     /// The uid set has another element type.
     UidSetType {
         /// Expected type.
@@ -76,7 +86,16 @@ impl fmt::Display for Difference {
                 crate::ids::NFT_FAMILY,
                 crate::ids::NFT_TABLE
             ),
+            Difference::TableFlags { flags } => {
+                write!(
+                    f,
+                    "~ table inet userwall has flags set ({flags}; dormant turns it off)"
+                )
+            }
             Difference::UidSetMissing => write!(f, "+ set {}", crate::ids::NFT_UID_SET),
+            Difference::UidSetShape { detail } => {
+                write!(f, "~ set {} {detail}", crate::ids::NFT_UID_SET)
+            }
             Difference::UidSetType { expected, found } => {
                 write!(
                     f,
@@ -116,9 +135,29 @@ pub fn diff(expected: &TableState, live: Option<&TableState>) -> Vec<Difference>
         return vec![Difference::TableMissing];
     };
     let mut out = Vec::new();
+    if live.table_flags != expected.table_flags {
+        out.push(Difference::TableFlags {
+            flags: live.table_flags.clone().unwrap_or_default(),
+        });
+    }
     match (&expected.uid_set, &live.uid_set) {
         (Some(_), None) => out.push(Difference::UidSetMissing),
         (Some(want), Some(have)) => {
+            if want.flags != have.flags || want.odd_elements != have.odd_elements {
+                let mut detail = Vec::new();
+                if !have.flags.is_empty() {
+                    detail.push(format!("has flags {}", have.flags.join(",")));
+                }
+                if !have.odd_elements.is_empty() {
+                    detail.push(format!(
+                        "holds non-uid elements {}",
+                        have.odd_elements.join(" ")
+                    ));
+                }
+                out.push(Difference::UidSetShape {
+                    detail: detail.join(" and "),
+                });
+            }
             if want.type_name != have.type_name {
                 out.push(Difference::UidSetType {
                     expected: want.type_name.clone(),

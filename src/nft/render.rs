@@ -358,9 +358,12 @@ pub fn render(policy: &Policy, uids: &BTreeSet<u32>) -> Rendered {
     let mut rules = vec![dispatch];
     rules.extend(egress.iter().map(|r| r.rule.clone()));
     let table = TableState {
+        table_flags: None,
         uid_set: Some(UidSet {
             type_name: "uid".into(),
             uids: uids.clone(),
+            flags: Vec::new(),
+            odd_elements: Vec::new(),
         }),
         chains: vec![
             Chain {

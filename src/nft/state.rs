@@ -13,6 +13,10 @@ pub struct UidSet {
     pub type_name: String,
     /// The uids.
     pub uids: BTreeSet<u32>,
+    /// Set flags (`interval`, `timeout`, ...); ours has none.
+    pub flags: Vec<String>,
+    /// Elements that are not single uids (ranges, timeouts), as nft printed them; ours has none.
+    pub odd_elements: Vec<String>,
 }
 
 /// The hook of a base chain.
@@ -85,6 +89,9 @@ pub struct TableState {
     pub chains: Vec<Chain>,
     /// Rules in listing order, across chains.
     pub rules: Vec<NftRule>,
+    /// The table's flags as nft printed them, when any are set (`dormant` switches every chain
+    /// of the table off). Ours has none.
+    pub table_flags: Option<String>,
     /// Objects in the table that userwall never creates (`set other`, `map x`, `chain y`, ...).
     /// Their presence means the table is not ours to replace.
     pub foreign_objects: Vec<String>,
@@ -120,30 +127,52 @@ impl TableState {
             };
             let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
             match kind.as_str() {
-                "metainfo" | "table" => {}
+                "metainfo" => {}
+                "table" => {
+                    // nft 1.0.6 prints a garbled value for table flags (the family or the
+                    // release name instead of "dormant"), so only the key's presence counts.
+                    if let Some(flags) = body.get("flags") {
+                        state.table_flags = Some(flags.to_string());
+                    }
+                }
                 "set" if name == NFT_UID_SET => {
                     let type_name = match body.get("type") {
                         Some(Value::String(s)) => s.clone(),
                         other => other.map(Value::to_string).unwrap_or_default(),
                     };
+                    let flags = match body.get("flags") {
+                        Some(Value::Array(a)) => a
+                            .iter()
+                            .map(|f| {
+                                f.as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| f.to_string())
+                            })
+                            .collect(),
+                        Some(other) => vec![other.to_string()],
+                        None => Vec::new(),
+                    };
                     let mut uids = BTreeSet::new();
+                    let mut odd_elements = Vec::new();
                     for elem in body
                         .get("elem")
                         .and_then(Value::as_array)
                         .into_iter()
                         .flatten()
                     {
-                        let uid = elem
-                            .as_u64()
-                            .and_then(|u| u32::try_from(u).ok())
-                            .ok_or_else(|| {
-                                ListingError(format!(
-                                    "set {NFT_UID_SET} holds a non-uid element {elem}"
-                                ))
-                            })?;
-                        uids.insert(uid);
+                        match elem.as_u64().and_then(|u| u32::try_from(u).ok()) {
+                            Some(uid) => {
+                                uids.insert(uid);
+                            }
+                            None => odd_elements.push(elem.to_string()),
+                        }
                     }
-                    state.uid_set = Some(UidSet { type_name, uids });
+                    state.uid_set = Some(UidSet {
+                        type_name,
+                        uids,
+                        flags,
+                        odd_elements,
+                    });
                 }
                 "chain" if name == NFT_OUTPUT_CHAIN || name == NFT_EGRESS_CHAIN => {
                     let hook = body
