@@ -15,7 +15,6 @@
 //! objects when it starts, and no unit is needed.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The unit's file name.
@@ -200,34 +199,18 @@ pub fn absolute_nft(program: &Path) -> Option<PathBuf> {
 }
 
 fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), BootError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |action| {
-        move |source| BootError {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
+        fs::create_dir_all(dir).map_err(|source| BootError {
+            action: "creating the directory of",
+            path: path.into(),
+            source,
+        })?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(err("creating"))?;
-        f.write_all(text.as_bytes()).map_err(err("writing"))?;
-        f.sync_all().map_err(err("syncing"))?;
-        fs::rename(&tmp, path).map_err(err("renaming into place"))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::files::write_atomic(path, text.as_bytes(), mode).map_err(|source| BootError {
+        action: "writing",
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use crate::errors::ErrorCode;
 use serde::Serialize;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The log's file name in the state dir.
 pub const LOG_FILE: &str = "setup.log";
@@ -73,13 +73,8 @@ pub struct ErrorReport {
 
 /// Writes the error report atomically.
 pub fn write_error_report(state_dir: &Path, report: &ErrorReport) -> std::io::Result<()> {
-    let path = state_dir.join(ERROR_REPORT_FILE);
-    let tmp: PathBuf = state_dir.join(format!(".{ERROR_REPORT_FILE}.{}.tmp", std::process::id()));
-    fs::write(
-        &tmp,
-        serde_json::to_string_pretty(report).expect("serializes") + "\n",
-    )?;
-    fs::rename(&tmp, path)
+    let text = serde_json::to_string_pretty(report).expect("serializes") + "\n";
+    crate::files::write_atomic(&state_dir.join(ERROR_REPORT_FILE), text.as_bytes(), 0o644)
 }
 
 /// Removes the error report; absent is fine.

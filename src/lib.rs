@@ -30,6 +30,7 @@
 pub mod accounts;
 pub mod boot;
 pub mod errors;
+mod files;
 pub mod ids;
 pub mod journal;
 pub mod lock;

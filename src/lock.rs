@@ -65,6 +65,7 @@ pub fn acquire(state_dir: &Path, wait: Duration) -> Result<StateLock, LockError>
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&path)
             .map_err(io)?;

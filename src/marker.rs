@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Bump whenever the rendered objects change in a way an existing install must receive (a new
@@ -73,6 +72,14 @@ pub enum MarkerError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// The state dir could be tampered with by someone other than root.
+    #[error("state dir {path} {why}: userwall keeps what setup trusts where only root can write; fix its owner and mode (chown root: and chmod 755) or pass another --state-dir")]
+    Unsafe {
+        /// The dir.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
     },
     /// The file is not a marker.
     #[error("{path} is not a valid userwall marker ({detail}); it is ignored and will be rewritten by the next setup")]
@@ -183,9 +190,15 @@ pub fn belongs_here(state_dir: &Path) -> bool {
 /// Reads the marker; `Ok(None)` when there is none.
 pub fn read(state_dir: &Path) -> Result<Option<Marker>, MarkerError> {
     let path = marker_path(state_dir);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let text = match crate::files::read_small(&path) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(MarkerError::Corrupt {
+                path,
+                detail: e.to_string(),
+            })
+        }
         Err(source) => {
             return Err(MarkerError::Io {
                 action: "reading",
@@ -204,49 +217,17 @@ pub fn read(state_dir: &Path) -> Result<Option<Marker>, MarkerError> {
 
 /// Writes the marker atomically, mode 0644, creating the state dir (mode 0755) when missing.
 pub fn write(state_dir: &Path, marker: &Marker) -> Result<(), MarkerError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let io = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| MarkerError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(state_dir)
-        .map_err(io("creating", state_dir))?;
+    create_state_dir(state_dir)?;
     let path = marker_path(state_dir);
-    let tmp = state_dir.join(format!(".{MARKER_FILE}.{}.tmp", std::process::id()));
-    let mut text = serde_json::to_string_pretty(marker).expect("marker serializes");
-    text.push('\n');
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
-        // The rename is durable only once the directory entry is on disk.
-        fs::File::open(state_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", state_dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let text = serde_json::to_string_pretty(marker).expect("marker serializes") + "\n";
+    crate::files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| MarkerError::Io {
+        action: "writing",
+        path,
+        source,
+    })
 }
 
-/// Checks that the marker could be written, creating the state dir when missing, by writing and
-/// removing a probe file. Setup calls it before changing anything.
-pub fn check_writable(state_dir: &Path) -> Result<(), MarkerError> {
+fn create_state_dir(state_dir: &Path) -> Result<(), MarkerError> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -256,9 +237,21 @@ pub fn check_writable(state_dir: &Path) -> Result<(), MarkerError> {
             action: "creating",
             path: state_dir.into(),
             source,
-        })?;
+        })
+}
+
+/// Checks that the marker could be written, creating the state dir when missing, by writing and
+/// removing a probe file. Setup calls it before changing anything.
+pub fn check_writable(state_dir: &Path) -> Result<(), MarkerError> {
+    create_state_dir(state_dir)?;
+    if let Some(why) = crate::files::unsafe_dir_reason(state_dir) {
+        return Err(MarkerError::Unsafe {
+            path: state_dir.into(),
+            why,
+        });
+    }
     let probe = state_dir.join(format!(".write-check.{}", std::process::id()));
-    fs::write(&probe, b"").map_err(|source| MarkerError::Io {
+    crate::files::write_atomic(&probe, b"", 0o600).map_err(|source| MarkerError::Io {
         action: "writing in",
         path: state_dir.into(),
         source,

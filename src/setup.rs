@@ -60,6 +60,9 @@ pub enum Error {
     /// The marker.
     #[error(transparent)]
     Marker(#[from] MarkerError),
+    /// The marker could not be written after the filters were applied.
+    #[error("the table is installed and verified, but the marker was not written ({0}); fix that and run setup again to record the install")]
+    MarkerNotWritten(MarkerError),
     /// The state-dir lock.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -519,7 +522,7 @@ pub fn error_code(e: &Error) -> ErrorCode {
             BackendError::ForeignTable(_) => ErrorCode::ForeignTable,
             BackendError::NotSettled { .. } => ErrorCode::VerifyFailed,
         },
-        Error::Marker(_) => ErrorCode::StateDirUnusable,
+        Error::Marker(_) | Error::MarkerNotWritten(_) => ErrorCode::StateDirUnusable,
         Error::NoAccounts(_) => ErrorCode::NoAccounts,
         Error::Lock(LockError::Timeout { .. }) => ErrorCode::LockTimeout,
         Error::Lock(LockError::Io { .. }) => ErrorCode::StateDirUnusable,
@@ -901,7 +904,7 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
     };
     report.wrote_marker = runner
         .step(StepName::WriteMarker, || {
-            marker::write(&ctx.state_dir, &marker)?;
+            marker::write(&ctx.state_dir, &marker).map_err(Error::MarkerNotWritten)?;
             Ok((
                 (),
                 marker::marker_path(&ctx.state_dir).display().to_string(),

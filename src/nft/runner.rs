@@ -1,9 +1,14 @@
 //! The one process boundary of the Linux backend: running `nft` in JSON mode.
 
 use serde_json::Value;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long one nft run may take before it is killed. A batch of our size applies in tens of
+/// milliseconds; a minute means nft is stuck (a lock, a hung netlink socket).
+pub const NFT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The environment variable that names another `nft` program (a wrapper that logs writes, say).
 pub const NFT_PROGRAM_ENV: &str = "USERWALL_NFT";
@@ -33,6 +38,16 @@ pub enum NftError {
     /// It ran and failed.
     #[error(transparent)]
     Failed(Box<NftFailure>),
+    /// It did not finish in time and was killed.
+    #[error("{program} did not finish within {seconds} s while {action} and was killed; check for a stuck nft process")]
+    TimedOut {
+        /// The program.
+        program: String,
+        /// What we were doing.
+        action: String,
+        /// The limit.
+        seconds: u64,
+    },
     /// It printed JSON we could not read.
     #[error("{program} printed output we could not read while {action}: {detail}")]
     BadOutput {
@@ -79,6 +94,7 @@ impl Nft {
     /// `nft` from PATH, or the program named by [`NFT_PROGRAM_ENV`].
     pub fn from_env() -> Self {
         let program = std::env::var_os(NFT_PROGRAM_ENV)
+            .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| "nft".into());
         Nft { program }
@@ -124,16 +140,70 @@ impl Nft {
                 }
             }
         })?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A write error here shows up again as nft's own failure below, with its stderr,
-            // which says more than EPIPE would.
-            let _ = pipe.write_all(input);
+        // stdin is written and stdout/stderr are drained on their own threads, so a nft that
+        // stops reading or floods its output cannot block us; a nft that hangs is killed.
+        let writer = match (stdin, child.stdin.take()) {
+            (Some(input), Some(mut pipe)) => {
+                let data = input.to_vec();
+                // A write error shows up again as nft's own failure, with its stderr.
+                Some(std::thread::spawn(move || drop(pipe.write_all(&data))))
+            }
+            _ => None,
+        };
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let stdout_reader = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr_reader = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + NFT_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(NftError::TimedOut {
+                        program: self.name(),
+                        action: action.into(),
+                        seconds: NFT_TIMEOUT.as_secs(),
+                    });
+                }
+                Err(source) => {
+                    return Err(NftError::Spawn {
+                        program: self.name(),
+                        action: action.into(),
+                        source,
+                    })
+                }
+            }
+        };
+        if let Some(w) = writer {
+            let _ = w.join();
         }
-        let out = child.wait_with_output().map_err(|source| NftError::Spawn {
-            program: self.name(),
-            action: action.into(),
-            source,
-        })?;
+        let out = std::process::Output {
+            status,
+            stdout: stdout_reader.join().unwrap_or_default(),
+            stderr: stderr_reader.join().unwrap_or_default(),
+        };
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
