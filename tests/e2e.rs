@@ -738,3 +738,140 @@ fn a_marker_from_another_namespace_is_ignored_and_kept() {
     );
     lab.userwall(&["status"]).expect_code(0);
 }
+
+#[test]
+fn a_dormant_table_or_a_reshaped_uid_set_is_drift_that_setup_repairs() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup(&lab, &[SANDBOX_UID], &["--preset", "offline"]).expect_code(0);
+    // Dormant switches every chain of the table off while leaving it in place.
+    lab.client
+        .nft(&["add", "table", "inet", "userwall", "{ flags dormant; }"]);
+    let status = lab.userwall(&["status"]);
+    status.expect_code(3);
+    assert!(status.stdout.contains("flags"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("userwall setup --account 47001 --preset offline"),
+        "the repair hint must keep the accounts and preset: {}",
+        status.stdout
+    );
+    setup(&lab, &[SANDBOX_UID], &["--preset", "offline"]).expect_code(0);
+    lab.userwall(&["status"]).expect_code(0);
+    probe_as(&lab, SANDBOX_UID).expect_code(0);
+
+    // A uid set turned into an interval set covering a range.
+    lab.client.nft_script(
+        "delete table inet userwall\ntable inet userwall {\n\tset sandbox_uids {\n\t\ttype uid\n\t\tflags interval\n\t\telements = { 47000-47005 }\n\t}\n}\n",
+    );
+    let status = lab.userwall(&["status"]);
+    status.expect_code(3);
+    assert!(
+        status.stdout.contains("non-uid elements"),
+        "{}",
+        status.stdout
+    );
+    setup(&lab, &[SANDBOX_UID], &["--preset", "offline"]).expect_code(0);
+    lab.userwall(&["status"]).expect_code(0);
+}
+
+#[test]
+fn offline_counts_this_hosts_own_addresses_as_loopback() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup(&lab, &[SANDBOX_UID], &["--preset", "offline"]).expect_code(0);
+    let run = lab.userwall(&[
+        "probe",
+        "--json",
+        "--account",
+        &SANDBOX_UID.to_string(),
+        "--target",
+        CLIENT_V4,
+        "--target",
+        CLIENT_V6,
+    ]);
+    run.expect_code(0);
+    let report = run.json();
+    let row = rows(&report)
+        .into_iter()
+        .find(|r| r["channel"] == "udp/80 v4")
+        .unwrap();
+    assert_eq!(
+        (row["expected"].as_str(), row["result"].as_str()),
+        (Some("open"), Some("open")),
+        "{row}"
+    );
+}
+
+#[test]
+fn with_ipv6_off_the_setup_probe_leaves_out_ipv6_and_passes() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.client.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+    lab.client.sysctl("net.ipv6.conf.lo.disable_ipv6", "1");
+    let run = lab.userwall(&["setup", "--account", &SANDBOX_UID.to_string()]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("IPv6 channels not probed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("18 rows: 17 blocked, 1 open, 0 could not be tested"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_marker_naming_root_or_a_state_dir_others_can_write_is_not_trusted() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup(&lab, &[SANDBOX_UID], &[]).expect_code(0);
+    let path = lab.state.path().join("setup.json");
+    let mut marker: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    marker["uids"] = serde_json::json!([0]);
+    std::fs::write(&path, marker.to_string()).unwrap();
+    let run = lab.userwall(&["probe"]);
+    assert!(run.stderr.contains("uid 0"), "{}", run.stderr);
+    assert!(!run.stdout.contains("probe as root"), "{}", run.stdout);
+
+    let open_dir = lab.state.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(
+        &open_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    lab.userwall(&["uninstall"]).expect_code(0);
+    let mut cmd = lab.client.cmd(env!("CARGO_BIN_EXE_userwall"));
+    cmd.arg("--state-dir")
+        .arg(&open_dir)
+        .arg("--unit-dir")
+        .arg(lab.unit_dir());
+    let run = Run::from(
+        cmd.args(["setup", "--no-probe", "--account", "47001"])
+            .output()
+            .unwrap(),
+    );
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("writable by group or others"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !lab.client.has_our_table(),
+        "setup wrote the firewall with an unsafe state dir"
+    );
+}
