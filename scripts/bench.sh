@@ -13,13 +13,24 @@ cleanup() { ip netns del "$ns" 2>/dev/null || true; rm -rf "$state"; }
 trap cleanup EXIT
 ip netns add "$ns"
 ip -n "$ns" link set lo up
-uw() { ip netns exec "$ns" "$bin" --state-dir "$state" --unit-dir "$state/units" "$@" >/dev/null 2>&1; }
-ms() { local start end; start=$(date +%s%N); "$@" || true; end=$(date +%s%N); echo $(( (end - start) / 1000 )); }
+uw() { ip netns exec "$ns" "$bin" --state-dir "$state" --unit-dir "$state/units" "$@" >"$state/out" 2>&1; }
+# A failed command is not a figure: stop and show what it said.
+ms() {
+    local start end
+    start=$(date +%s%N)
+    if ! "$@"; then
+        echo "bench: '$*' failed:" >&2
+        cat "$state/out" >&2
+        exit 1
+    fi
+    end=$(date +%s%N)
+    echo $(( (end - start) / 1000 ))
+}
 median() { sort -n | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%.1f ms (min %.1f, max %.1f, n=%d)\n", m/1000, a[1]/1000, a[NR]/1000, NR}'; }
 account=47999
 write=(); nowrite=(); probe=(); status=()
 for _ in $(seq "$rounds"); do
-    uw uninstall
+    uw uninstall || { cat "$state/out" >&2; exit 1; }
     write+=("$(ms uw setup --no-probe --account "$account")")
     nowrite+=("$(ms uw setup --no-probe --account "$account")")
     probe+=("$(ms uw probe --account "$account")")

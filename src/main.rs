@@ -418,18 +418,30 @@ fn main() -> ExitCode {
                     if *json {
                         print_json(&report);
                     } else {
-                        println!(
-                            "{}; {}; accounts are left in place",
-                            if report.removed_table {
-                                "removed table inet userwall"
+                        let said = |done: bool, yes: &'static str, no: &'static str| {
+                            if done {
+                                yes
                             } else {
-                                "table inet userwall was not installed"
-                            },
-                            if report.removed_marker {
-                                "removed the setup marker"
-                            } else {
-                                "no setup marker to remove"
+                                no
                             }
+                        };
+                        println!(
+                            "{}; {}; {}; accounts are left in place",
+                            said(
+                                report.removed_boot_unit,
+                                "removed the boot unit",
+                                "no boot unit to remove"
+                            ),
+                            said(
+                                report.removed_table,
+                                "removed table inet userwall",
+                                "table inet userwall was not installed"
+                            ),
+                            said(
+                                report.removed_marker,
+                                "removed the setup marker",
+                                "no setup marker to remove"
+                            ),
                         );
                     }
                     exit::OK

@@ -654,10 +654,13 @@ fn judge(
     }
 }
 
-fn counters(nft: &Nft) -> Result<BTreeMap<String, u64>, nft::BackendError> {
-    Ok(nft::read_live(nft)?
-        .map(|live| nft::state::rule_counters(&live.listing))
-        .unwrap_or_default())
+/// Our rules' packet counts, with one nft call (the probe reads them twice per row). A table
+/// that is not there has no counters, which is what a failed listing means here; whether nft
+/// works at all was established before the first row.
+fn counters(nft: &Nft) -> BTreeMap<String, u64> {
+    nft.list_table(crate::ids::NFT_FAMILY, crate::ids::NFT_TABLE)
+        .map(|listing| nft::state::rule_counters(&listing))
+        .unwrap_or_default()
 }
 
 /// Runs the matrix for every account. `rendered` is the policy's rendering (for which rule
@@ -684,6 +687,8 @@ pub fn probe(
         action: "reading the control listener's address",
         source,
     })?;
+    // Fails here, before any row, when nft is missing or not permitted.
+    nft::read_live(nft)?;
     let channels = channels(rendered, policy, targets, control);
     let mut rows = Vec::new();
     for account in accounts {
@@ -708,7 +713,7 @@ pub fn probe(
                 Outcome::Open
             };
             let counter_name = rule.and_then(|r| r.rule.comment.clone());
-            let before = counters(nft)?;
+            let before = counters(nft);
             let dest = channel.dest;
             let started = Instant::now();
             let attempt: Box<dyn Fn() -> RawOutcome> = match channel.proto {
@@ -728,7 +733,7 @@ pub fn probe(
                 source,
             })?;
             let millis = started.elapsed().as_secs_f64() * 1000.0;
-            let after = counters(nft)?;
+            let after = counters(nft);
             // The covering rule's counter is the evidence; with no covering rule (a control
             // channel), any of our counters moving is reported, since nothing of ours should.
             let moved = |name: &str| {

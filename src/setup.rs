@@ -607,6 +607,26 @@ fn duration_ms(d: Duration) -> f64 {
 /// Runs setup as a host app's installer would: never panics, always returns a report with
 /// every step's outcome and duration, appends the steps to the state dir's log, writes or clears
 /// the error report, and emits metrics when asked.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use userwall::setup::{self, Context, Mode, Request, SetupRequest};
+///
+/// let ctx = Context { nft: userwall::nft::Nft::from_env(), state_dir: "/var/lib/userwall".into() };
+/// let request = SetupRequest {
+///     request: Request { accounts: vec!["ci-sandbox".into()], ..Default::default() },
+///     mode: Mode::BestEffort,
+///     unit_dir: Some("/etc/systemd/system".into()),
+///     lock_wait: Duration::from_secs(30),
+///     log: Some(std::sync::Arc::new(|step: &setup::StepReport| eprintln!("{}", step.log_line()))),
+///     metrics: setup::MetricsSettings { enabled: true, endpoint: None },
+/// };
+/// let report = setup::run_setup(&ctx, &request);
+/// if report.failed_for_mode() {
+///     let failure = report.failure.expect("a failed report names its failure");
+///     eprintln!("{} failed: {} ({})", failure.step.as_str(), failure.message, failure.error_code);
+/// }
+/// ```
 pub fn run_setup(ctx: &Context, req: &SetupRequest) -> SetupReport {
     let mut report = SetupReport {
         success: false,
