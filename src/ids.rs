@@ -84,6 +84,11 @@ pub const OFFLINE_V4: RuleKey = rule_key(0x19f2af71_5c2b_4aec_944c_13620fff3a9c)
 /// Everything but loopback over IPv6 (the `offline` preset).
 pub const OFFLINE_V6: RuleKey = rule_key(0x2cc2246a_b988_4bab_b537_dd5058c3ae6e);
 
+/// The persistent WFP provider every object of ours names.
+pub const WFP_PROVIDER: Guid = Guid(0x0c4b6bec_075d_4f36_b1a7_fb378225c233);
+/// The persistent WFP sublayer that holds our filters.
+pub const WFP_SUBLAYER: Guid = Guid(0x8cc6b9b7_05ed_4d31_9529_01af75c073f2);
+
 /// Keys that earlier setup versions installed and the current policy no longer uses.
 /// Empty so far: nothing has been retired.
 pub const RETIRED_RULE_KEYS: &[RuleKey] = &[];
@@ -105,6 +110,24 @@ pub const NFT_COMMENT_PREFIX: &str = "userwall:";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_and_sublayer_are_frozen_and_distinct_from_rule_keys() {
+        assert_eq!(
+            WFP_PROVIDER.to_string(),
+            "0c4b6bec-075d-4f36-b1a7-fb378225c233"
+        );
+        assert_eq!(
+            WFP_SUBLAYER.to_string(),
+            "8cc6b9b7-05ed-4d31-9529-01af75c073f2"
+        );
+        let rows = crate::policy::BYPASS_SURFACES
+            .iter()
+            .chain(crate::policy::OFFLINE_EXTRA);
+        assert!(rows
+            .map(|r| r.key.0)
+            .all(|k| k != WFP_PROVIDER && k != WFP_SUBLAYER));
+    }
 
     #[test]
     fn registry_form_keeps_field_order() {

@@ -9,6 +9,7 @@
 //! - [`probe`]: proof on the live kernel, as each account.
 //! - [`setup`] and [`marker`]: the versioned setup step a host app or the CLI runs.
 //! - `sys`: the only module with `unsafe` (fork, capabilities).
+//! - [`wfp`]: the Windows objects the same policy renders to (not yet installed anywhere).
 //!
 //! A host app's elevated setup step calls [`setup::setup`]; rendering is pure and can be
 //! inspected without privileges:
@@ -41,6 +42,7 @@ pub mod policy;
 pub mod probe;
 pub mod setup;
 mod sys;
+pub mod wfp;
 
 pub use sys::is_root;
 
