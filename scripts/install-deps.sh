@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what userwall and its tests need, only when missing: nft (nftables), ip (iproute2),
-# sysctl (procps), useradd/userdel (passwd), setpriv (util-linux) and systemd-analyze (systemd,
-# which the tests use to verify the boot unit). Debian and Ubuntu; run as root.
+# sysctl (procps), useradd/userdel (passwd), setpriv (util-linux), systemd-analyze (systemd,
+# which the tests use to verify the boot unit) and valgrind (for the WFP fake-engine tests).
+# Debian and Ubuntu; run as root.
 set -euo pipefail
 
 declare -A package_of=([nft]=nftables [ip]=iproute2 [sysctl]=procps [useradd]=passwd
-    [userdel]=passwd [setpriv]=util-linux [systemd-analyze]=systemd)
+    [userdel]=passwd [setpriv]=util-linux [systemd-analyze]=systemd [valgrind]=valgrind)
 missing=()
-for tool in nft ip sysctl useradd userdel setpriv systemd-analyze; do
+for tool in nft ip sysctl useradd userdel setpriv systemd-analyze valgrind; do
     if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
         missing+=("${package_of[$tool]}")
     fi
