@@ -127,6 +127,13 @@ impl BootUnit {
             && fs::read_link(self.wants_link()).is_ok()
     }
 
+    /// Whether any of the unit, its link or the batch is on disk.
+    pub fn is_present(&self) -> bool {
+        [self.unit_path(), self.wants_link(), self.table_path()]
+            .iter()
+            .any(|p| fs::symlink_metadata(p).is_ok())
+    }
+
     /// Writes the batch, the unit and its enablement link. Returns whether anything changed.
     pub fn install(&self, batch: &str) -> Result<bool, BootError> {
         for path in [&self.state_dir, &self.nft] {

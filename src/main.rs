@@ -7,13 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 use userwall::boot::DEFAULT_UNIT_DIR;
 use userwall::errors::ErrorCode;
-use userwall::lock::DEFAULT_LOCK_WAIT;
 use userwall::marker::DEFAULT_STATE_DIR;
 use userwall::nft::Nft;
 use userwall::policy::Preset;
 use userwall::probe;
 use userwall::setup::{
-    self, Context, Decision, MetricsSettings, Mode, Request, SetupReport, SetupRequest,
+    self, Boot, Context, Decision, MetricsSettings, Mode, Request, SetupReport, SetupRequest,
     StepOutcome, SyncState,
 };
 
@@ -120,6 +119,9 @@ enum Command {
     /// Remove everything of ours, then check nothing is left.
     #[command(after_help = EXIT_CODES)]
     Uninstall {
+        /// Seconds to wait for a setup to finish.
+        #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+        lock_wait: f64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -147,6 +149,9 @@ enum Command {
         /// Count a named account that does not exist as one setup would create.
         #[arg(long)]
         create_account: bool,
+        /// Plan as `setup --no-boot-unit` would run.
+        #[arg(long)]
+        no_boot_unit: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -223,6 +228,15 @@ fn unit_dir(given: &Option<PathBuf>, warn: bool) -> Option<PathBuf> {
     None
 }
 
+/// Setup's and plan's boot-unit action from `--no-boot-unit` and `--unit-dir`.
+fn boot_choice(no_boot_unit: bool, given: &Option<PathBuf>, warn: bool) -> Boot {
+    match (no_boot_unit, unit_dir(given, warn)) {
+        (_, None) => Boot::Leave,
+        (false, Some(dir)) => Boot::Install(dir),
+        (true, Some(dir)) => Boot::Remove(dir),
+    }
+}
+
 fn exit_for(code: ErrorCode) -> u8 {
     match code {
         ErrorCode::AccountRefused
@@ -235,7 +249,20 @@ fn exit_for(code: ErrorCode) -> u8 {
 
 fn print_setup(report: &SetupReport) {
     let accounts: Vec<String> = report.accounts.iter().map(|a| a.label()).collect();
+    if let Some(f) = &report.failure {
+        let carried_on = if report.failed_for_mode() {
+            ""
+        } else {
+            "; best-effort mode carried on"
+        };
+        println!(
+            "setup FAILED at {} [{}]{carried_on}:",
+            f.step.as_str(),
+            f.error_code
+        );
+    }
     match report.decision {
+        _ if report.failure.is_some() => {}
         Decision::Applied if report.wrote_firewall => {
             println!(
                 "applied preset {} for {} ({}):",
@@ -347,11 +374,7 @@ fn main() -> ExitCode {
             let req = SetupRequest {
                 request: request(which, *create_account),
                 mode: mode.0,
-                unit_dir: if *no_boot_unit {
-                    None
-                } else {
-                    unit_dir(&cli.unit_dir, true)
-                },
+                boot: boot_choice(*no_boot_unit, &cli.unit_dir, !no_boot_unit),
                 lock_wait: Duration::from_secs_f64(*lock_wait),
                 log: None,
                 metrics: MetricsSettings {
@@ -381,17 +404,26 @@ fn main() -> ExitCode {
                 }
                 _ => None,
             };
+            let probe_skipped = match (no_probe, report.success) {
+                (true, _) => None,
+                (false, true) => None,
+                (false, false) => Some("probe not run: setup did not complete"),
+            };
             if *json {
-                let probe_json = match &probe {
-                    Some(Ok(p)) => serde_json::to_value(p).expect("serializes"),
-                    Some(Err(e)) => serde_json::json!({"error": e.to_string()}),
-                    None => serde_json::Value::Null,
+                let probe_json = match (&probe, probe_skipped) {
+                    (Some(Ok(p)), _) => serde_json::to_value(p).expect("serializes"),
+                    (Some(Err(e)), _) => serde_json::json!({"error": e.to_string()}),
+                    (None, Some(why)) => serde_json::json!({"skipped": why}),
+                    (None, None) => serde_json::Value::Null,
                 };
                 print_json(&serde_json::json!({"setup": report, "probe": probe_json}));
             } else {
                 print_setup(&report);
                 if let Some(Ok(p)) = &probe {
                     print!("{}", p.to_text());
+                }
+                if let Some(why) = probe_skipped {
+                    println!("{why}");
                 }
             }
             if let Some(Err(e)) = &probe {
@@ -407,11 +439,11 @@ fn main() -> ExitCode {
                 _ => exit::OK,
             }
         }
-        Command::Uninstall { json } => {
+        Command::Uninstall { lock_wait, json } => {
             match setup::uninstall(
                 &ctx,
                 unit_dir(&cli.unit_dir, false).as_deref(),
-                DEFAULT_LOCK_WAIT,
+                Duration::from_secs_f64(*lock_wait),
             ) {
                 Err(e) => fail(e),
                 Ok(report) => {
@@ -458,6 +490,7 @@ fn main() -> ExitCode {
                 } else {
                     match report.state {
                         SyncState::InSync => println!("in sync: table inet userwall matches preset {} for {}", report.preset, accounts.join(", ")),
+                        SyncState::NotInstalled if accounts.is_empty() => println!("not installed: table inet userwall does not exist, and no setup is recorded in {}", cli.state_dir.display()),
                         SyncState::NotInstalled => println!("not installed: table inet userwall does not exist (expected preset {} for {})", report.preset, accounts.join(", ")),
                         SyncState::Drifted => {
                             println!("drifted: table inet userwall differs from preset {} for {}:", report.preset, accounts.join(", "));
@@ -469,8 +502,15 @@ fn main() -> ExitCode {
                                 .iter()
                                 .map(|a| format!("--account {}", a.name.clone().unwrap_or_else(|| a.uid.to_string())))
                                 .collect();
+                            let mut dirs = String::new();
+                            if cli.state_dir != std::path::Path::new(DEFAULT_STATE_DIR) {
+                                dirs += &format!(" --state-dir {}", cli.state_dir.display());
+                            }
+                            if let Some(dir) = &cli.unit_dir {
+                                dirs += &format!(" --unit-dir {}", dir.display());
+                            }
                             println!(
-                                "run `userwall setup {} --preset {}` to repair",
+                                "run `userwall{dirs} setup {} --preset {}` to repair",
                                 accounts.join(" "),
                                 report.preset
                             );
@@ -487,8 +527,13 @@ fn main() -> ExitCode {
         Command::Plan {
             which,
             create_account,
+            no_boot_unit,
             json,
-        } => match setup::plan(&ctx, &request(which, *create_account)) {
+        } => match setup::plan(
+            &ctx,
+            &request(which, *create_account),
+            &boot_choice(*no_boot_unit, &cli.unit_dir, false),
+        ) {
             Err(e) => fail(e),
             Ok(report) => {
                 if *json {

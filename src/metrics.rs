@@ -64,6 +64,21 @@ pub fn measurement(report: &SetupReport) -> (&'static str, Vec<KeyValue>) {
     }
 }
 
+/// The URL to post to: the given one, or, when it names only a host (no path or `/`), that host's
+/// standard OTLP/HTTP metrics path, `/v1/metrics`.
+pub fn metrics_url(endpoint: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    let after_scheme = trimmed
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(trimmed);
+    if after_scheme.contains('/') {
+        endpoint.to_string()
+    } else {
+        format!("{trimmed}/v1/metrics")
+    }
+}
+
 /// Sends the report's counter. Returns `off ...`, `sent` or `failed: ...`; never panics.
 pub fn emit(settings: &MetricsSettings, report: &SetupReport) -> String {
     if !settings.enabled {
@@ -85,7 +100,7 @@ fn send(settings: &MetricsSettings, report: &SetupReport) -> Result<(), String> 
         .with_http()
         .with_timeout(EXPORT_TIMEOUT);
     if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
+        builder = builder.with_endpoint(metrics_url(endpoint));
     }
     let exporter = builder
         .build()
@@ -107,4 +122,29 @@ fn send(settings: &MetricsSettings, report: &SetupReport) -> Result<(), String> 
     // Shutdown collects and exports once; a flush before it would export the (cumulative)
     // counter a second time.
     provider.shutdown().map_err(|e| format!("exporting: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_host_gets_the_standard_metrics_path() {
+        assert_eq!(
+            metrics_url("http://127.0.0.1:4318"),
+            "http://127.0.0.1:4318/v1/metrics"
+        );
+        assert_eq!(
+            metrics_url("http://127.0.0.1:4318/"),
+            "http://127.0.0.1:4318/v1/metrics"
+        );
+        assert_eq!(
+            metrics_url("http://h:1/custom/path"),
+            "http://h:1/custom/path"
+        );
+        assert_eq!(
+            metrics_url("http://h:1/v1/metrics"),
+            "http://h:1/v1/metrics"
+        );
+    }
 }

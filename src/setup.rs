@@ -383,6 +383,19 @@ impl StepReport {
     }
 }
 
+/// What setup does about boot persistence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Boot {
+    /// Neither installs nor removes a unit.
+    #[default]
+    Leave,
+    /// Installs (or refreshes) the unit in this directory.
+    Install(PathBuf),
+    /// Removes a unit an earlier setup left in this directory (`--no-boot-unit`), so no stale
+    /// batch is re-applied at the next boot.
+    Remove(PathBuf),
+}
+
 /// A callback that sees every step as it ends.
 pub type LogSink = Arc<dyn Fn(&StepReport) + Send + Sync>;
 
@@ -393,8 +406,8 @@ pub struct SetupRequest {
     pub request: Request,
     /// Strict or best-effort.
     pub mode: Mode,
-    /// Where to install the boot unit; `None` installs none.
-    pub unit_dir: Option<PathBuf>,
+    /// What to do about the boot unit.
+    pub boot: Boot,
     /// How long to wait for another setup or uninstall to finish.
     pub lock_wait: Duration,
     /// Called for every step as it ends.
@@ -408,7 +421,7 @@ impl std::fmt::Debug for SetupRequest {
         f.debug_struct("SetupRequest")
             .field("request", &self.request)
             .field("mode", &self.mode)
-            .field("unit_dir", &self.unit_dir)
+            .field("boot", &self.boot)
             .field("lock_wait", &self.lock_wait)
             .field("log", &self.log.as_ref().map(|_| "<sink>"))
             .field("metrics", &self.metrics)
@@ -616,7 +629,7 @@ fn duration_ms(d: Duration) -> f64 {
 /// let request = SetupRequest {
 ///     request: Request { accounts: vec!["ci-sandbox".into()], ..Default::default() },
 ///     mode: Mode::BestEffort,
-///     unit_dir: Some("/etc/systemd/system".into()),
+///     boot: setup::Boot::Install("/etc/systemd/system".into()),
 ///     lock_wait: Duration::from_secs(30),
 ///     log: Some(std::sync::Arc::new(|step: &setup::StepReport| eprintln!("{}", step.log_line()))),
 ///     metrics: setup::MetricsSettings { enabled: true, endpoint: None },
@@ -692,7 +705,16 @@ pub fn run_setup(ctx: &Context, req: &SetupRequest) -> SetupReport {
 
 /// Log, error report, metrics: after the steps, and never able to change the outcome.
 fn finish(ctx: &Context, req: &SetupRequest, report: &mut SetupReport) {
-    if ctx.state_dir.is_dir() {
+    // Without root, the lock or a usable state dir, the state dir's files are not ours to write
+    // (another setup may hold them); the report carries the failure instead.
+    let journal_allowed = !report.failure.as_ref().is_some_and(|f| {
+        f.step == StepName::CheckPlatform
+            && matches!(
+                f.error_code,
+                ErrorCode::NotRoot | ErrorCode::LockTimeout | ErrorCode::StateDirUnusable
+            )
+    });
+    if journal_allowed && ctx.state_dir.is_dir() {
         let lines: Vec<String> = report.steps.iter().map(StepReport::log_line).collect();
         if let Err(e) = journal::append(&ctx.state_dir, &lines) {
             report.warnings.push(format!(
@@ -741,7 +763,8 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
                 return Err(BackendError::ForeignTable(foreign).into());
             }
         }
-        let nft_path = boot::absolute_nft(ctx.nft.program());
+        // The unit runs the system's nft, never a USERWALL_NFT stand-in.
+        let nft_path = boot::absolute_nft(Path::new("nft"));
         let found = if live.is_some() { "present" } else { "absent" };
         Ok((
             (lock, live, nft_path),
@@ -814,22 +837,27 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
     let batch = serde_json::to_string_pretty(&rendered.table.replace_batch())
         .expect("batch serializes")
         + "\n";
-    let unit = req.unit_dir.as_ref().map(|dir| boot::BootUnit {
+    let unit_at = |dir: &PathBuf| boot::BootUnit {
         unit_dir: dir.clone(),
         state_dir: ctx.state_dir.clone(),
         nft: nft_path
             .clone()
-            .unwrap_or_else(|| ctx.nft.program().to_path_buf()),
-    });
-    let boot_current = unit.as_ref().is_none_or(|u| u.is_current(&batch));
+            .unwrap_or_else(|| PathBuf::from("/usr/sbin/nft")),
+    };
+    let boot_current = match &req.boot {
+        Boot::Leave => true,
+        Boot::Install(dir) => unit_at(dir).is_current(&batch),
+        Boot::Remove(dir) => !unit_at(dir).is_present(),
+    };
     report.rendered = Some(rendered.clone());
     report.policy = Some(policy.clone());
 
     let firewall_current = report.reasons.is_empty();
     if !boot_current {
-        report
-            .reasons
-            .push("the boot unit or its batch is missing or out of date".into());
+        report.reasons.push(match req.boot {
+            Boot::Remove(_) => "a boot unit of an earlier setup is still installed".into(),
+            _ => "the boot unit or its batch is missing or out of date".into(),
+        });
     }
     if firewall_current && boot_current {
         report.decision = Decision::UpToDate;
@@ -860,18 +888,34 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
             ))
         });
         report.wrote_firewall = applied.is_some();
-        filters_ok &= applied.is_some()
-            && runner
+        if applied.is_some() {
+            filters_ok &= runner
                 .step(StepName::Verify, || {
                     nft::verify(&ctx.nft, &rendered.table)?;
                     Ok(((), "read back in sync".to_string()))
                 })
                 .is_some();
+        } else {
+            filters_ok = false;
+            runner.skip(StepName::Verify, "not run: apply failed");
+        }
     }
-    match &unit {
-        None => runner.skip(StepName::PersistForBoot, "no boot unit requested"),
-        Some(unit) => {
+    let mut boot_installed = None;
+    match &req.boot {
+        Boot::Leave => runner.skip(StepName::PersistForBoot, "no boot unit requested"),
+        Boot::Install(dir) => {
+            let unit = unit_at(dir);
             let wrote = runner.step(StepName::PersistForBoot, || {
+                if nft_path.is_none() {
+                    return Err(Error::Boot(boot::BootError {
+                        action: "finding nft for",
+                        path: unit.unit_path(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "no nft in PATH, /usr/sbin or /sbin",
+                        ),
+                    }));
+                }
                 let changed = unit.install(&batch)?;
                 let what = if changed { "wrote" } else { "already current:" };
                 Ok((
@@ -884,6 +928,25 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
                 ))
             });
             report.wrote_boot_unit = wrote.unwrap_or(false);
+            if wrote.is_some() {
+                boot_installed = Some(unit);
+            }
+        }
+        Boot::Remove(dir) => {
+            let unit = unit_at(dir);
+            let removed = runner.step(StepName::PersistForBoot, || {
+                let removed = unit.remove()?;
+                let what = if removed {
+                    "removed the boot unit an earlier setup left in"
+                } else {
+                    "no boot unit in"
+                };
+                Ok((
+                    removed,
+                    format!("{what} {} (--no-boot-unit)", dir.display()),
+                ))
+            });
+            report.wrote_boot_unit = removed.unwrap_or(false);
         }
     }
     if !filters_ok {
@@ -899,7 +962,7 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
         crate::ids::NFT_FAMILY,
         crate::ids::NFT_TABLE
     )];
-    if let Some(unit) = &unit {
+    if let Some(unit) = &boot_installed {
         for path in [unit.unit_path(), unit.wants_link(), unit.table_path()] {
             objects.push(format!("file {}", path.display()));
         }
@@ -955,20 +1018,30 @@ pub fn uninstall(
         return Err(Error::NotRoot("uninstall"));
     }
     let _lock = lock::acquire(&ctx.state_dir, lock_wait)?;
+    // Refuse before touching anything: a table we would not delete must not lose its unit.
+    if let Some(live) = nft::read_live(&ctx.nft)? {
+        let foreign = live.state.foreign_content();
+        if !foreign.is_empty() {
+            return Err(BackendError::ForeignTable(foreign).into());
+        }
+    }
+    // A marker of another namespace's setup (same state dir) means the unit and its batch are
+    // that setup's, not ours.
+    let ours = marker::belongs_here(&ctx.state_dir);
     // The unit goes first: were the table removed first and the unit left, a reboot in between
     // would bring the table back.
-    let removed_boot_unit = match unit_dir {
+    let removed_boot_unit = match unit_dir.filter(|_| ours) {
         Some(dir) => boot::BootUnit {
             unit_dir: dir.to_path_buf(),
             state_dir: ctx.state_dir.clone(),
-            nft: ctx.nft.program().to_path_buf(),
+            nft: PathBuf::from("nft"),
         }
         .remove()?,
         None => false,
     };
     let removed_table = nft::remove(&ctx.nft)?;
     // A marker of another namespace's setup (same state dir) is that setup's record, not ours.
-    let removed_marker = marker::belongs_here(&ctx.state_dir) && marker::remove(&ctx.state_dir)?;
+    let removed_marker = ours && marker::remove(&ctx.state_dir)?;
     let _ = journal::clear_error_report(&ctx.state_dir);
     Ok(UninstallReport {
         removed_table,
@@ -995,7 +1068,7 @@ pub struct PlanReport {
 /// What setup would change with the same arguments, changing nothing. Like setup, and unlike
 /// status, it does not fall back to the marker: no `--account` means the default account and
 /// no `--preset` means the default preset. It refuses what setup would refuse.
-pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
+pub fn plan(ctx: &Context, req: &Request, boot_unit: &Boot) -> Result<PlanReport, Error> {
     let defaulted = req.accounts.is_empty();
     let candidates: Vec<String> = if defaulted {
         vec![accounts::DEFAULT_ACCOUNT.to_string()]
@@ -1035,6 +1108,37 @@ pub fn plan(ctx: &Context, req: &Request) -> Result<PlanReport, Error> {
     changes.extend(differences.iter().map(ToString::to_string));
     if !would_create.is_empty() {
         changes.push("+ sandbox uids of the accounts created above".into());
+    }
+    let batch = serde_json::to_string_pretty(&rendered.table.replace_batch())
+        .expect("batch serializes")
+        + "\n";
+    let unit_at = |dir: &PathBuf| boot::BootUnit {
+        unit_dir: dir.clone(),
+        state_dir: ctx.state_dir.clone(),
+        nft: boot::absolute_nft(Path::new("nft")).unwrap_or_else(|| PathBuf::from("/usr/sbin/nft")),
+    };
+    match boot_unit {
+        Boot::Leave => {}
+        Boot::Install(dir) => {
+            let unit = unit_at(dir);
+            if !would_create.is_empty() || !unit.is_current(&batch) {
+                let sign = if unit.is_present() { "~" } else { "+" };
+                changes.push(format!(
+                    "{sign} boot unit {} and its batch {}",
+                    unit.unit_path().display(),
+                    unit.table_path().display()
+                ));
+            }
+        }
+        Boot::Remove(dir) => {
+            let unit = unit_at(dir);
+            if unit.is_present() {
+                changes.push(format!(
+                    "- boot unit {} (--no-boot-unit)",
+                    unit.unit_path().display()
+                ));
+            }
+        }
     }
     let (marker, _) = marker::read_trusted(&ctx.state_dir)?;
     if changes.is_empty() && marker.is_none() {

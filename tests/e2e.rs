@@ -755,7 +755,7 @@ fn a_dormant_table_or_a_reshaped_uid_set_is_drift_that_setup_repairs() {
     assert!(
         status
             .stdout
-            .contains("userwall setup --account 47001 --preset offline"),
+            .contains(" setup --account 47001 --preset offline` to repair"),
         "the repair hint must keep the accounts and preset: {}",
         status.stdout
     );

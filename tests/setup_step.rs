@@ -313,7 +313,7 @@ fn a_failure_between_apply_and_the_marker_is_completed_by_the_next_setup() {
             ..Default::default()
         },
         mode: Mode::Strict,
-        unit_dir: None,
+        boot: setup::Boot::Leave,
         lock_wait: Duration::from_secs(5),
         // The fault: the process "dies" right after the table was verified, before the marker.
         log: Some(Arc::new(move |step: &setup::StepReport| {
