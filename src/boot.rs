@@ -7,9 +7,10 @@
 //! delete, add), so the unit cannot touch another table either.
 //!
 //! Debian's and Ubuntu's `nftables.service` runs `flush ruleset` when its configuration starts
-//! with it, and on every stop and restart. So the unit starts after it (`After=`) and follows its
-//! restarts (`PartOf=`): a restart of nftables.service restarts ours, which puts our table back
-//! after the flush. Neither line needs nftables.service to exist.
+//! with it (at start and reload), and on every stop. So the unit starts after it (`After=`),
+//! follows its stops and restarts (`PartOf=`) and its reloads (`ReloadPropagatedFrom=`, with an
+//! `ExecReload=` that re-applies the batch): each puts our table back after the flush. None of
+//! these lines needs nftables.service to exist.
 //!
 //! On Windows the same job is done by the filters' persistent flag: BFE reloads persistent
 //! objects when it starts, and no unit is needed.
@@ -28,7 +29,7 @@ pub const TABLE_FILE: &str = "table.json";
 
 /// Why persisting failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{action} {path}: {source}; check that {path} is writable by root, or pass --unit-dir / --no-boot-unit")]
+#[error("{action} {path}: {source}")]
 pub struct BootError {
     /// What we did.
     pub action: &'static str,
@@ -53,11 +54,40 @@ pub struct BootUnit {
 /// Whether a path can stand in a unit file as it is: systemd splits command lines on white
 /// space and gives `%`, `$`, backslashes, quotes and `;` meaning of their own.
 fn plain_for_systemd(path: &Path) -> bool {
-    let text = path.to_string_lossy();
+    let Some(text) = path.to_str() else {
+        return false;
+    };
+    // Path::components hides "." and "//", so the text is checked: systemd ignores paths that
+    // are not normalized.
+    let normalized = !text.contains("//")
+        && !text.contains("/./")
+        && !text.ends_with("/.")
+        && !text.ends_with('/')
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
     path.is_absolute()
+        && normalized
         && !text
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || "%$\\\"';".contains(c))
+}
+
+/// Checks that the unit can name these paths, before anything is written.
+pub fn check_paths(state_dir: &Path, unit_dir: &Path) -> Result<(), BootError> {
+    for path in [state_dir, unit_dir] {
+        if !plain_for_systemd(path) {
+            return Err(BootError {
+                action: "refusing to name in a unit file",
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the path must be absolute, normalized UTF-8 without spaces, quotes, %, $, \\ or ; (pass another --state-dir / --unit-dir, or --no-boot-unit)",
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl BootUnit {
@@ -90,6 +120,7 @@ impl BootUnit {
              Wants=network-pre.target\n\
              After=nftables.service\n\
              PartOf=nftables.service\n\
+             ReloadPropagatedFrom=nftables.service\n\
              Conflicts=shutdown.target\n\
              RequiresMountsFor={state}\n\
              ConditionPathExists={table}\n\
@@ -98,6 +129,7 @@ impl BootUnit {
              Type=oneshot\n\
              RemainAfterExit=yes\n\
              ExecStart={nft} -j -f {table}\n\
+             ExecReload={nft} -j -f {table}\n\
              ExecStop=-{nft} delete table inet userwall\n\
              \n\
              [Install]\n\
@@ -122,8 +154,16 @@ impl BootUnit {
 
     /// Whether the unit, its link and the batch are in place with this content.
     pub fn is_current(&self, batch: &str) -> bool {
-        fs::read_to_string(self.unit_path()).ok().as_deref() == Some(self.render().as_str())
-            && fs::read_to_string(self.table_path()).ok().as_deref() == Some(batch)
+        crate::files::read_small(&self.unit_path())
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(self.render().as_str())
+            && crate::files::read_small(&self.table_path())
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some(batch)
             && fs::read_link(self.wants_link()).is_ok()
     }
 
@@ -136,18 +176,8 @@ impl BootUnit {
 
     /// Writes the batch, the unit and its enablement link. Returns whether anything changed.
     pub fn install(&self, batch: &str) -> Result<bool, BootError> {
-        for path in [&self.state_dir, &self.nft] {
-            if !plain_for_systemd(path) {
-                return Err(BootError {
-                    action: "refusing to name in a unit file",
-                    path: path.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "the path must be absolute, without spaces, quotes, %, $, \\ or ;",
-                    ),
-                });
-            }
-        }
+        check_paths(&self.state_dir, &self.unit_dir)?;
+        check_paths(&self.nft, &self.unit_dir)?;
         if self.is_current(batch) {
             return Ok(false);
         }
@@ -172,13 +202,13 @@ impl BootUnit {
         Ok(true)
     }
 
-    /// Removes the link, the unit and the batch; absent is fine. Returns whether anything was
-    /// there.
+    /// Removes the link, the unit and the batch; absent is fine. Returns whether the unit or
+    /// its link was there.
     pub fn remove(&self) -> Result<bool, BootError> {
         let mut removed = false;
         for path in [self.wants_link(), self.unit_path(), self.table_path()] {
             match fs::remove_file(&path) {
-                Ok(()) => removed = true,
+                Ok(()) => removed |= path != self.table_path(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
                     return Err(BootError {
@@ -240,6 +270,8 @@ mod tests {
             "Before=network-pre.target shutdown.target",
             "After=nftables.service",
             "PartOf=nftables.service",
+            "ReloadPropagatedFrom=nftables.service",
+            "ExecReload=/usr/sbin/nft -j -f /x/state/table.json",
             "Type=oneshot",
             "ExecStart=/usr/sbin/nft -j -f /x/state/table.json",
             "ExecStop=-/usr/sbin/nft delete table inet userwall",
@@ -260,6 +292,12 @@ mod tests {
         u.state_dir = dir.path().join("with space");
         let err = u.install("{}").unwrap_err();
         assert!(err.to_string().contains("without spaces"), "{err}");
+        for bad in ["/a/../b", "/a/./b", "/a//b", "relative"] {
+            assert!(
+                check_paths(Path::new(bad), Path::new("/etc/systemd/system")).is_err(),
+                "{bad}"
+            );
+        }
         assert!(!u.unit_path().exists());
     }
 

@@ -74,18 +74,36 @@ pub fn read_small(path: &Path) -> std::io::Result<Option<String>> {
     Ok(Some(text))
 }
 
-/// Why a directory is not fit to hold root's state: owned by someone else, or writable by
-/// group or others (who could then swap the files setup trusts).
+/// Why a directory is not fit to hold what root trusts (the marker, the batch the boot unit
+/// runs): it, or any directory above it, can be changed by someone other than root. A directory
+/// is safe when root owns it and no group or other user may write it; an ancestor may also be
+/// a sticky, root-owned directory such as /tmp, where others cannot rename or remove root's
+/// entries.
 pub fn unsafe_dir_reason(dir: &Path) -> Option<String> {
-    let meta = fs::metadata(dir).ok()?;
-    if meta.uid() != 0 {
-        return Some(format!("is owned by uid {}, not root", meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Some(format!(
-            "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        ));
+    let dir = match fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("cannot be resolved ({e})")),
+    };
+    for (depth, path) in dir.ancestors().enumerate() {
+        let Ok(meta) = fs::metadata(path) else {
+            continue;
+        };
+        let what = if depth == 0 {
+            "is".to_string()
+        } else {
+            format!("is inside {}, which is", path.display())
+        };
+        if meta.uid() != 0 {
+            return Some(format!("{what} owned by uid {}, not root", meta.uid()));
+        }
+        let writable_by_others = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if writable_by_others && (depth == 0 || !sticky) {
+            return Some(format!(
+                "{what} writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            ));
+        }
     }
     None
 }
@@ -126,5 +144,29 @@ mod tests {
         fs::write(&big, vec![b'x'; READ_LIMIT as usize + 1]).unwrap();
         assert!(read_small(&big).is_err());
         assert!(read_small(&dir.path().join("absent")).unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_under_one_a_user_owns_is_unsafe() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        let user_dir = top.path().join("alice");
+        fs::create_dir(&user_dir).unwrap();
+        std::os::unix::fs::chown(&user_dir, Some(47123), None).unwrap();
+        let state = user_dir.join("state");
+        fs::create_dir(&state).unwrap();
+        let why = unsafe_dir_reason(&state).expect("a user-owned parent must be refused");
+        assert!(why.contains("not root"), "{why}");
+        assert!(
+            unsafe_dir_reason(top.path()).is_none(),
+            "root's temp dir under sticky /tmp is fine"
+        );
     }
 }

@@ -44,7 +44,7 @@ pub mod setup;
 mod sys;
 pub mod wfp;
 
-pub use sys::is_root;
+pub use sys::{die_with_parent, is_root};
 
 /// Serializes tests that change process-wide environment variables.
 #[cfg(test)]

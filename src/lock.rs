@@ -65,10 +65,17 @@ pub fn acquire(state_dir: &Path, wait: Duration) -> Result<StateLock, LockError>
             .create(true)
             .truncate(false)
             .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            // No link is followed; a FIFO planted here fails at once instead of blocking.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
+        if !file.metadata().map_err(io)?.file_type().is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the lock is not a regular file",
+            )));
+        }
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(StateLock { _lock: lock }),
             Err((_, Errno::EWOULDBLOCK)) if start.elapsed() < wait => std::thread::sleep(POLL),

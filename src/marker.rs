@@ -47,6 +47,16 @@ pub struct Marker {
 }
 
 impl Marker {
+    /// The unit dir this install's boot unit was written to, from its recorded objects.
+    pub fn unit_dir(&self) -> Option<PathBuf> {
+        self.objects.iter().find_map(|o| {
+            let path = Path::new(o.strip_prefix("file ")?);
+            let dir = path.parent()?;
+            let in_wants = dir.extension().is_some_and(|e| e == "wants");
+            (path.file_name()? == crate::boot::UNIT_NAME && !in_wants).then(|| dir.to_path_buf())
+        })
+    }
+
     /// Whether two markers record the same install, ignoring when they were written.
     pub fn same_install(&self, other: &Marker) -> bool {
         Marker {
@@ -136,6 +146,12 @@ pub fn read_trusted(state_dir: &Path) -> Result<(Option<Marker>, Option<String>)
         Some(format!(
             "{} records no sandbox uid, uid 0 or uid 4294967295; it is ignored",
             path.display()
+        ))
+    } else if marker.backend != "nftables" {
+        Some(format!(
+            "{} records the {:?} backend, not nftables; it is ignored",
+            path.display(),
+            marker.backend
         ))
     } else if marker.preset.parse::<crate::policy::Preset>().is_err() {
         Some(format!(

@@ -84,7 +84,12 @@ pub fn emit(settings: &MetricsSettings, report: &SetupReport) -> String {
     if !settings.enabled {
         return "off".into();
     }
-    if settings.endpoint.is_none() && !env_endpoint_configured() {
+    let endpoint = settings
+        .endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    if endpoint.is_none() && !env_endpoint_configured() {
         return format!("off: analytics on but no endpoint (set {OTEL_EXPORTER_OTLP_METRICS_ENDPOINT} or {OTEL_EXPORTER_OTLP_ENDPOINT}, or pass --otlp-endpoint)");
     }
     let run = std::panic::catch_unwind(|| send(settings, report));
@@ -99,7 +104,12 @@ fn send(settings: &MetricsSettings, report: &SetupReport) -> Result<(), String> 
     let mut builder = opentelemetry_otlp::MetricExporter::builder()
         .with_http()
         .with_timeout(EXPORT_TIMEOUT);
-    if let Some(endpoint) = &settings.endpoint {
+    if let Some(endpoint) = settings
+        .endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
         builder = builder.with_endpoint(metrics_url(endpoint));
     }
     let exporter = builder

@@ -687,8 +687,19 @@ pub fn probe(
         action: "reading the control listener's address",
         source,
     })?;
-    // Fails here, before any row, when nft is missing or not permitted.
-    nft::read_live(nft)?;
+    // Fails here, before any row, when nft is missing or not permitted. A counter is evidence
+    // only for a rule that is exactly as rendered: a rule someone turned into `accept` under
+    // the same comment counts packets it lets through.
+    let live = nft::read_live(nft)?;
+    let intact: BTreeSet<String> = rendered
+        .egress
+        .iter()
+        .filter(|r| {
+            live.as_ref()
+                .is_some_and(|l| l.state.rules.contains(&r.rule))
+        })
+        .filter_map(|r| r.rule.comment.clone())
+        .collect();
     let channels = channels(rendered, policy, targets, control);
     let mut rows = Vec::new();
     for account in accounts {
@@ -744,14 +755,21 @@ pub fn probe(
                     .saturating_sub(before.get(name).copied().unwrap_or(0))
             };
             let (counted, name) = match &counter_name {
-                Some(name) => (moved(name), Some(name.clone())),
+                Some(name) if intact.contains(name) => (moved(name), Some(name.clone())),
+                Some(_) => (0, None),
                 None => after
                     .keys()
                     .map(|k| (moved(k), Some(k.clone())))
                     .find(|(n, _)| *n > 0)
                     .unwrap_or((0, None)),
             };
-            let judged = judge(channel, outcome, counted, name.as_deref());
+            let mut judged = judge(channel, outcome, counted, name.as_deref());
+            if let Some(changed) = counter_name.as_deref().filter(|n| !intact.contains(*n)) {
+                judged.evidence += &format!(
+                    "; rule {} is not as userwall installed it, so its counter is no evidence (run `userwall status`)",
+                    short_rule_name(changed)
+                );
+            }
             rows.push(Row {
                 account: account.label(),
                 uid: account.uid,

@@ -143,7 +143,7 @@ const LOOK_ONLY: ResolveOptions = ResolveOptions {
 };
 
 /// Works out what read-only commands should expect: `--account` values, else the marker's
-/// uids, else the default account when it exists.
+/// uids, else the uids in the live set, else the default account when it exists.
 pub fn expectation(ctx: &Context, req: &Request) -> Result<Expectation, Error> {
     let mut warnings = Vec::new();
     let marker = read_marker(ctx, &mut warnings)?;
@@ -159,19 +159,20 @@ pub fn expectation(ctx: &Context, req: &Request) -> Result<Expectation, Error> {
             m.uids.iter().map(|&u| account_for_uid(u)).collect(),
             "marker",
         )
+    } else if let Some(uids) = nft::read_live(&ctx.nft)?
+        .and_then(|l| l.state.uid_set)
+        .map(|s| s.uids)
+        .filter(|u| !u.is_empty())
+    {
+        // No trusted record: whoever the live set names is who is sandboxed now. It cannot
+        // show uids that went missing from the set, and says so.
+        warnings.push("no trusted setup marker: expecting the uids in the live set, which cannot show uids removed from it".into());
+        (uids.into_iter().map(account_for_uid).collect(), "live set")
     } else {
         match accounts::resolve(&[], &LOOK_ONLY) {
             Ok(r) => (r.accounts, "default"),
             Err(AccountError::Unknown(_)) => {
-                // Last resort: whoever the live set names. Good enough to probe them and to
-                // compare the rules; it cannot show uids that went missing from the set.
-                let live_uids = nft::read_live(&ctx.nft)?
-                    .and_then(|l| l.state.uid_set)
-                    .map(|s| s.uids);
-                match live_uids.filter(|u| !u.is_empty()) {
-                    Some(uids) => (uids.into_iter().map(account_for_uid).collect(), "live set"),
-                    None => return Err(Error::NoAccounts(ctx.state_dir.display().to_string())),
-                }
+                return Err(Error::NoAccounts(ctx.state_dir.display().to_string()))
             }
             Err(e) => return Err(e.into()),
         }
@@ -246,8 +247,22 @@ pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
     }
     let differences = diff(&exp.rendered.table, live.as_ref().map(|l| &l.state));
     let marker = read_marker(ctx, &mut Vec::new())?;
+    // The boot unit the last setup recorded must still re-apply this table at the next boot.
+    let mut diff_lines: Vec<String> = differences.iter().map(ToString::to_string).collect();
+    let boot_problem = marker.as_ref().and_then(Marker::unit_dir).and_then(|dir| {
+        let unit = boot::BootUnit {
+            unit_dir: dir,
+            state_dir: ctx.state_dir.clone(),
+            nft: boot::absolute_nft(Path::new("nft")).unwrap_or_else(|| PathBuf::from("/usr/sbin/nft")),
+        };
+        let batch = serde_json::to_string_pretty(&exp.rendered.table.replace_batch()).expect("batch serializes") + "\n";
+        (!unit.is_current(&batch)).then(|| {
+            format!("~ boot unit {} or its batch is missing or differs: a reboot would not restore this table", unit.unit_path().display())
+        })
+    });
+    diff_lines.extend(boot_problem.clone());
     // A missing table after a recorded setup is drift (someone deleted it), not a fresh machine.
-    let state = match (&live, differences.is_empty()) {
+    let state = match (&live, differences.is_empty() && boot_problem.is_none()) {
         (None, _) if marker.is_none() => SyncState::NotInstalled,
         (None, _) => SyncState::Drifted,
         (Some(_), true) => SyncState::InSync,
@@ -256,7 +271,7 @@ pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
     Ok(StatusReport {
         state,
         preset: exp.policy.preset.name().into(),
-        diff: differences.iter().map(ToString::to_string).collect(),
+        diff: diff_lines,
         differences,
         accounts: exp.accounts,
         accounts_from: exp.source.into(),
@@ -756,6 +771,19 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
             return Err(Error::NotRoot("setup"));
         }
         marker::check_writable(&ctx.state_dir)?;
+        if let Boot::Install(dir) = &req.boot {
+            boot::check_paths(&ctx.state_dir, dir)?;
+            if let Some(why) = crate::files::unsafe_dir_reason(dir).filter(|_| dir.exists()) {
+                return Err(Error::Boot(boot::BootError {
+                    action: "refusing the unit dir",
+                    path: dir.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("it {why}"),
+                    ),
+                }));
+            }
+        }
         let lock = lock::acquire(&ctx.state_dir, req.lock_wait)?;
         let live = nft::read_live(&ctx.nft)?;
         if let Some(foreign) = live.as_ref().map(|l| l.state.foreign_content()) {
@@ -903,6 +931,12 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
     let mut boot_installed = None;
     match &req.boot {
         Boot::Leave => runner.skip(StepName::PersistForBoot, "no boot unit requested"),
+        // A batch for boot must never run ahead of the live table: with the filters not in
+        // place (best-effort mode), the unit keeps what it had.
+        Boot::Install(_) if !filters_ok => runner.skip(
+            StepName::PersistForBoot,
+            "not run: the filters are not in place",
+        ),
         Boot::Install(dir) => {
             let unit = unit_at(dir);
             let wrote = runner.step(StepName::PersistForBoot, || {
@@ -1030,15 +1064,20 @@ pub fn uninstall(
     let ours = marker::belongs_here(&ctx.state_dir);
     // The unit goes first: were the table removed first and the unit left, a reboot in between
     // would bring the table back.
-    let removed_boot_unit = match unit_dir.filter(|_| ours) {
-        Some(dir) => boot::BootUnit {
-            unit_dir: dir.to_path_buf(),
+    let mut unit_dirs: Vec<PathBuf> = unit_dir.map(Path::to_path_buf).into_iter().collect();
+    if let Ok((Some(m), _)) = marker::read_trusted(&ctx.state_dir) {
+        unit_dirs.extend(m.unit_dir());
+    }
+    unit_dirs.dedup();
+    let mut removed_boot_unit = false;
+    for dir in unit_dirs.into_iter().filter(|_| ours) {
+        let unit = boot::BootUnit {
+            unit_dir: dir,
             state_dir: ctx.state_dir.clone(),
             nft: PathBuf::from("nft"),
-        }
-        .remove()?,
-        None => false,
-    };
+        };
+        removed_boot_unit |= unit.remove()?;
+    }
     let removed_table = nft::remove(&ctx.nft)?;
     // A marker of another namespace's setup (same state dir) is that setup's record, not ours.
     let removed_marker = ours && marker::remove(&ctx.state_dir)?;

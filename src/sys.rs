@@ -194,6 +194,23 @@ pub fn run_as(
     Ok(Some(decode(&buf)))
 }
 
+/// Makes a child started from `cmd` receive SIGKILL when this process dies, so an nft run that
+/// outlives a killed setup cannot apply a stale batch after the lock is gone.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// Whether this process runs with uid 0.
 pub fn is_root() -> bool {
     Uid::effective().is_root()

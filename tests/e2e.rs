@@ -659,10 +659,29 @@ fn a_rule_turned_into_accept_is_reported_open_not_blocked() {
             .unwrap();
         assert_eq!(row["result"], "open", "{row}");
         assert!(
-            row["evidence"].as_str().unwrap().contains("does not block"),
+            row["evidence"]
+                .as_str()
+                .unwrap()
+                .contains("is not as userwall installed it"),
             "{row}"
         );
     }
+    // With nothing listening (loopback), the kernel's own reset looks like our reject; the
+    // changed rule's counter must still not make that "blocked".
+    let run = lab.userwall(&[
+        "probe",
+        "--json",
+        "--account",
+        &SANDBOX_UID.to_string(),
+        "--target",
+        "127.0.0.1",
+    ]);
+    run.expect_code(5);
+    let row = rows(&run.json())
+        .into_iter()
+        .find(|r| r["channel"] == "tcp/53 v4")
+        .unwrap();
+    assert_eq!(row["result"], "open", "{row}");
     assert!(
         peer.hits().contains_key("tcp/53"),
         "the tampered rule let the connect through"

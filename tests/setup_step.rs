@@ -259,9 +259,24 @@ fn strict_fails_and_best_effort_carries_on_when_the_filters_cannot_be_written() 
     };
     assert_eq!(outcome("apply"), Some(Value::from("failed")));
     assert_eq!(
+        outcome("verify"),
+        Some(Value::from("skipped")),
+        "every step is reported"
+    );
+    assert_eq!(
         outcome("persist_for_boot"),
-        Some(Value::from("ok")),
-        "best-effort carried on"
+        Some(Value::from("skipped")),
+        "no boot batch may run ahead of the live table"
+    );
+    let with_probe = lab.userwall_env(
+        &["setup", "--json", "--mode", "best-effort", "--account", UID],
+        &env,
+    );
+    with_probe.expect_code(0);
+    assert_eq!(
+        with_probe.json()["probe"]["skipped"],
+        "probe not run: setup did not complete",
+        "a skipped probe says so"
     );
     assert_eq!(
         outcome("write_marker"),
@@ -534,4 +549,97 @@ fn a_metrics_failure_never_changes_the_outcome() {
             .starts_with("off: analytics on but no endpoint"),
         "{report}"
     );
+}
+
+#[test]
+fn best_effort_records_a_failed_boot_unit_and_still_commits_verified_filters() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    // A unit dir that is a file: the boot unit cannot be written.
+    let not_a_dir = lab.state.path().join("units-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let mut cmd = lab.client.cmd(env!("CARGO_BIN_EXE_userwall"));
+    cmd.arg("--state-dir")
+        .arg(lab.state.path())
+        .arg("--unit-dir")
+        .arg(&not_a_dir);
+    cmd.args([
+        "setup",
+        "--json",
+        "--no-probe",
+        "--mode",
+        "best-effort",
+        "--account",
+        UID,
+    ]);
+    let run = Run::from(cmd.output().unwrap());
+    run.expect_code(0);
+    let report = run.json();
+    assert_eq!(report["setup"]["failure"]["step"], "persist_for_boot");
+    assert_eq!(report["setup"]["failure"]["error_code"], "persist_failed");
+    let objects = marker(&lab)["objects"].clone();
+    assert_eq!(
+        objects,
+        serde_json::json!(["nft table inet userwall"]),
+        "the marker lists only what exists"
+    );
+    lab.userwall(&["status"]).expect_code(0);
+}
+
+#[test]
+fn no_boot_unit_removes_the_unit_an_earlier_setup_left_and_status_checks_the_unit() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup_json(&lab, &[], &[]).0.expect_code(0);
+    let unit = lab.unit_dir().join("userwall.service");
+    assert!(unit.exists());
+    // A tampered batch: a reboot would not restore this table.
+    std::fs::write(lab.state.path().join("table.json"), "{\"nftables\": []}\n").unwrap();
+    let status = lab.userwall(&["status"]);
+    status.expect_code(3);
+    assert!(status.stdout.contains("boot unit"), "{}", status.stdout);
+    setup_json(&lab, &[], &[]).0.expect_code(0);
+    lab.userwall(&["status"]).expect_code(0);
+
+    let (run, report) = setup_json(&lab, &[], &["--no-boot-unit"]);
+    run.expect_code(0);
+    assert_eq!(report["setup"]["wrote_boot_unit"], true, "{report}");
+    assert!(
+        !unit.exists()
+            && !lab
+                .unit_dir()
+                .join("sysinit.target.wants/userwall.service")
+                .exists()
+    );
+    assert!(!lab.state.path().join("table.json").exists());
+    lab.userwall(&["status"]).expect_code(0);
+}
+
+#[test]
+fn uninstall_finds_the_unit_where_setup_recorded_it() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::new();
+    setup_json(&lab, &[], &[]).0.expect_code(0);
+    let other = tempfile::tempdir().unwrap();
+    let mut cmd = lab.client.cmd(env!("CARGO_BIN_EXE_userwall"));
+    cmd.arg("--state-dir")
+        .arg(lab.state.path())
+        .arg("--unit-dir")
+        .arg(other.path())
+        .arg("uninstall");
+    Run::from(cmd.output().unwrap()).expect_code(0);
+    assert!(
+        !lab.unit_dir().join("userwall.service").exists(),
+        "the recorded unit stayed enabled"
+    );
+    assert!(!lab
+        .unit_dir()
+        .join("sysinit.target.wants/userwall.service")
+        .exists());
 }

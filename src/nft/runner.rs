@@ -126,6 +126,7 @@ impl Nft {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        crate::sys::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 NftError::NotFound {
