@@ -28,26 +28,38 @@
 
 #![deny(missing_docs)]
 
+#[cfg(target_os = "linux")]
 pub mod accounts;
+#[cfg(target_os = "linux")]
 pub mod boot;
 pub mod errors;
+#[cfg(target_os = "linux")]
 mod files;
 pub mod ids;
+#[cfg(target_os = "linux")]
 pub mod journal;
+#[cfg(target_os = "linux")]
 pub mod lock;
+#[cfg(target_os = "linux")]
 pub mod marker;
+#[cfg(target_os = "linux")]
 pub mod metrics;
+#[cfg(target_os = "linux")]
 pub mod nft;
 pub mod policy;
+#[cfg(target_os = "linux")]
 pub mod probe;
+#[cfg(target_os = "linux")]
 pub mod setup;
+#[cfg(target_os = "linux")]
 mod sys;
 pub mod wfp;
 
+#[cfg(target_os = "linux")]
 pub use sys::{die_with_parent, is_root};
 
 /// Serializes tests that change process-wide environment variables.
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 pub(crate) fn test_env_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())

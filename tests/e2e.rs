@@ -1,6 +1,8 @@
 //! End-to-end tests on the real kernel, each in network namespaces it creates and removes.
 //! They need root, nft and ip: under CI=true a missing one fails the run, elsewhere they skip.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use common::*;

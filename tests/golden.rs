@@ -3,6 +3,8 @@
 //! them; review the diff before committing. The end-to-end suite applies each JSON file on a real
 //! kernel and checks nft lists exactly the text file.
 
+#![cfg(target_os = "linux")]
+
 use pretty_assertions::assert_eq;
 use std::path::PathBuf;
 use userwall::nft::render::{render, to_nft_text};

@@ -1,6 +1,8 @@
 //! The versioned setup step: marker decisions, modes, lock, log, error report, boot unit and
 //! metrics. Privileged like the end-to-end suite: each test builds its own namespaces.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use common::*;

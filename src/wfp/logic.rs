@@ -6,8 +6,8 @@
 
 use super::raw::{codes, Fwpm};
 use super::safe::{
-    self, check, Engine, InstalledFilter, ObjectKind, OwnedFilter, OwnedProvider, OwnedSublayer,
-    WfpError,
+    self, check, Engine, InstalledFilter, Lifetime, ObjectKind, OwnedFilter, OwnedProvider,
+    OwnedSublayer, WfpError,
 };
 use super::sd;
 use super::sid::Sid;
@@ -47,11 +47,27 @@ fn describe(spec: &FilterSpec) -> String {
 /// Ensures the provider and sublayer, then deletes and re-adds every filter of the policy by
 /// key, removes filters of ours the policy no longer has, and commits.
 pub fn install(api: &dyn Fwpm, policy: &Policy, accounts: &[Sid]) -> Result<InstallReport, Error> {
-    let specs = spec::filters(policy, accounts)?;
     let engine = Engine::open(api)?;
+    install_in(&engine, policy, accounts, Lifetime::Persistent)
+}
+
+/// [`install`] in an open session, with objects of the given lifetime. A dynamic install lasts
+/// as long as `engine`; the live Windows test uses it.
+pub fn install_in(
+    engine: &Engine<'_>,
+    policy: &Policy,
+    accounts: &[Sid],
+    lifetime: Lifetime,
+) -> Result<InstallReport, Error> {
+    let mut specs = spec::filters(policy, accounts)?;
+    if lifetime == Lifetime::Dynamic {
+        for s in &mut specs {
+            s.flags &= !spec::FILTER_FLAG_PERSISTENT;
+        }
+    }
     let txn = engine.transaction()?;
 
-    let code = safe::provider_add(&engine, &OwnedProvider::ours());
+    let code = safe::provider_add(engine, &OwnedProvider::ours_with(lifetime));
     check(
         code,
         "adding provider",
@@ -59,9 +75,9 @@ pub fn install(api: &dyn Fwpm, policy: &Policy, accounts: &[Sid]) -> Result<Inst
         &[codes::FWP_E_ALREADY_EXISTS],
     )?;
 
-    let sublayer = OwnedSublayer::ours();
-    let existing = safe::our_sublayers(&engine)?;
-    let installed = safe::our_filters(&engine)?;
+    let sublayer = OwnedSublayer::ours_with(lifetime);
+    let existing = safe::our_sublayers(engine)?;
+    let installed = safe::our_filters(engine)?;
     let wanted_keys: BTreeSet<_> = specs.iter().map(|s| s.key).collect();
     let mut report = InstallReport {
         filters_added: 0,
@@ -77,14 +93,14 @@ pub fn install(api: &dyn Fwpm, policy: &Policy, accounts: &[Sid]) -> Result<Inst
     // ever visible half-done.
     for filter in &installed {
         if stale_sublayer || !wanted_keys.contains(&filter.key) {
-            delete_filter(&engine, filter.key.0, &filter.name)?;
+            delete_filter(engine, filter.key.0, &filter.name)?;
             if !wanted_keys.contains(&filter.key) {
                 report.stale_filters_removed += 1;
             }
         }
     }
     if stale_sublayer {
-        let code = safe::delete_by_key(&engine, ObjectKind::Sublayer, crate::ids::WFP_SUBLAYER);
+        let code = safe::delete_by_key(engine, ObjectKind::Sublayer, crate::ids::WFP_SUBLAYER);
         check(
             code,
             "deleting sublayer",
@@ -93,7 +109,7 @@ pub fn install(api: &dyn Fwpm, policy: &Policy, accounts: &[Sid]) -> Result<Inst
         )?;
         report.sublayer_replaced = true;
     }
-    let code = safe::sublayer_add(&engine, &sublayer);
+    let code = safe::sublayer_add(engine, &sublayer);
     check(
         code,
         "adding sublayer",
@@ -102,9 +118,9 @@ pub fn install(api: &dyn Fwpm, policy: &Policy, accounts: &[Sid]) -> Result<Inst
     )?;
 
     for spec in &specs {
-        delete_filter(&engine, spec.key.0, &spec.name)?;
+        delete_filter(engine, spec.key.0, &spec.name)?;
         let owned = OwnedFilter::new(spec);
-        let code = safe::filter_add(&engine, &owned);
+        let code = safe::filter_add(engine, &owned);
         check(code, "adding", describe(spec), &[])?;
         report.filters_added += 1;
     }

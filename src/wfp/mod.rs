@@ -14,6 +14,8 @@
 //! the tests run against. Nothing here has run on Windows yet, and the CLI does not use it.
 
 pub mod accounts;
+#[cfg(any(windows, userwall_wfp_check))]
+pub mod cli;
 pub mod fake;
 pub mod logic;
 pub mod raw;

@@ -69,6 +69,27 @@ pub fn wide(s: &str) -> Vec<u16> {
     s.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
+/// FWPM_SESSION_FLAG_DYNAMIC.
+pub const FWPM_SESSION_FLAG_DYNAMIC: u32 = 1;
+
+/// How long the objects userwall adds live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Until deleted, across reboots: what setup installs.
+    Persistent,
+    /// Until the session closes: for the live test.
+    Dynamic,
+}
+
+impl Lifetime {
+    fn object_flags(self) -> u32 {
+        match self {
+            Lifetime::Persistent => spec::OBJECT_FLAG_PERSISTENT,
+            Lifetime::Dynamic => 0,
+        }
+    }
+}
+
 /// An open engine session; closed on drop.
 pub struct Engine<'a> {
     api: &'a dyn Fwpm,
@@ -79,6 +100,12 @@ impl<'a> Engine<'a> {
     /// Opens a non-dynamic session (objects outlive it) that waits for the transaction lock as
     /// long as it takes.
     pub fn open(api: &'a dyn Fwpm) -> Result<Engine<'a>, WfpError> {
+        Engine::open_with(api, Lifetime::Persistent)
+    }
+
+    /// Opens a session; a dynamic one deletes every object it added when it closes (the live
+    /// Windows test uses it so a crash leaves nothing behind).
+    pub fn open_with(api: &'a dyn Fwpm, lifetime: Lifetime) -> Result<Engine<'a>, WfpError> {
         let name = wide("userwall");
         let session = raw::FWPM_SESSION0 {
             sessionKey: GUID::from_u128(0),
@@ -86,7 +113,10 @@ impl<'a> Engine<'a> {
                 name: name.as_ptr() as *mut u16,
                 description: std::ptr::null_mut(),
             },
-            flags: 0,
+            flags: match lifetime {
+                Lifetime::Persistent => 0,
+                Lifetime::Dynamic => FWPM_SESSION_FLAG_DYNAMIC,
+            },
             txnWaitTimeoutInMSec: u32::MAX, // INFINITE
             processId: 0,
             sid: std::ptr::null_mut(),
@@ -166,11 +196,16 @@ pub struct OwnedProvider {
 impl OwnedProvider {
     /// Our persistent provider.
     pub fn ours() -> OwnedProvider {
+        OwnedProvider::ours_with(Lifetime::Persistent)
+    }
+
+    /// Our provider with this lifetime.
+    pub fn ours_with(lifetime: Lifetime) -> OwnedProvider {
         OwnedProvider {
             name: wide("userwall"),
             description: wide("Blocks sandbox accounts' network egress"),
             key: crate::ids::WFP_PROVIDER,
-            flags: spec::OBJECT_FLAG_PERSISTENT,
+            flags: lifetime.object_flags(),
         }
     }
 
@@ -208,12 +243,17 @@ pub struct OwnedSublayer {
 impl OwnedSublayer {
     /// Our persistent sublayer.
     pub fn ours() -> OwnedSublayer {
+        OwnedSublayer::ours_with(Lifetime::Persistent)
+    }
+
+    /// Our sublayer with this lifetime.
+    pub fn ours_with(lifetime: Lifetime) -> OwnedSublayer {
         OwnedSublayer {
             name: wide("userwall"),
             description: wide("userwall's block filters for sandbox accounts"),
             key: crate::ids::WFP_SUBLAYER,
             provider: Box::new(raw::to_guid(crate::ids::WFP_PROVIDER)),
-            flags: spec::OBJECT_FLAG_PERSISTENT,
+            flags: lifetime.object_flags(),
             weight: spec::SUBLAYER_WEIGHT,
         }
     }
