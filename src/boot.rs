@@ -91,6 +91,17 @@ pub fn check_paths(state_dir: &Path, unit_dir: &Path) -> Result<(), BootError> {
 }
 
 impl BootUnit {
+    /// The unit for a state dir in a unit dir, running the system's nft (never a
+    /// `USERWALL_NFT` stand-in; `/usr/sbin/nft` when none is found, which then fails the step
+    /// that needs it).
+    pub fn system(unit_dir: &Path, state_dir: &Path) -> BootUnit {
+        BootUnit {
+            unit_dir: unit_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            nft: absolute_nft(Path::new("nft")).unwrap_or_else(|| PathBuf::from("/usr/sbin/nft")),
+        }
+    }
+
     /// The unit file's path.
     pub fn unit_path(&self) -> PathBuf {
         self.unit_dir.join(UNIT_NAME)

@@ -250,13 +250,8 @@ pub fn status(ctx: &Context, req: &Request) -> Result<StatusReport, Error> {
     // The boot unit the last setup recorded must still re-apply this table at the next boot.
     let mut diff_lines: Vec<String> = differences.iter().map(ToString::to_string).collect();
     let boot_problem = marker.as_ref().and_then(Marker::unit_dir).and_then(|dir| {
-        let unit = boot::BootUnit {
-            unit_dir: dir,
-            state_dir: ctx.state_dir.clone(),
-            nft: boot::absolute_nft(Path::new("nft")).unwrap_or_else(|| PathBuf::from("/usr/sbin/nft")),
-        };
-        let batch = serde_json::to_string_pretty(&exp.rendered.table.replace_batch()).expect("batch serializes") + "\n";
-        (!unit.is_current(&batch)).then(|| {
+        let unit = boot::BootUnit::system(&dir, &ctx.state_dir);
+        (!unit.is_current(&exp.rendered.table.replace_batch_text())).then(|| {
             format!("~ boot unit {} or its batch is missing or differs: a reboot would not restore this table", unit.unit_path().display())
         })
     });
@@ -862,16 +857,8 @@ fn run_steps(ctx: &Context, req: &SetupRequest, runner: &mut Runner<'_>, report:
             differences.len()
         ));
     }
-    let batch = serde_json::to_string_pretty(&rendered.table.replace_batch())
-        .expect("batch serializes")
-        + "\n";
-    let unit_at = |dir: &PathBuf| boot::BootUnit {
-        unit_dir: dir.clone(),
-        state_dir: ctx.state_dir.clone(),
-        nft: nft_path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/usr/sbin/nft")),
-    };
+    let batch = rendered.table.replace_batch_text();
+    let unit_at = |dir: &PathBuf| boot::BootUnit::system(dir, &ctx.state_dir);
     let boot_current = match &req.boot {
         Boot::Leave => true,
         Boot::Install(dir) => unit_at(dir).is_current(&batch),
@@ -1071,12 +1058,7 @@ pub fn uninstall(
     unit_dirs.dedup();
     let mut removed_boot_unit = false;
     for dir in unit_dirs.into_iter().filter(|_| ours) {
-        let unit = boot::BootUnit {
-            unit_dir: dir,
-            state_dir: ctx.state_dir.clone(),
-            nft: PathBuf::from("nft"),
-        };
-        removed_boot_unit |= unit.remove()?;
+        removed_boot_unit |= boot::BootUnit::system(&dir, &ctx.state_dir).remove()?;
     }
     let removed_table = nft::remove(&ctx.nft)?;
     // A marker of another namespace's setup (same state dir) is that setup's record, not ours.
@@ -1148,14 +1130,8 @@ pub fn plan(ctx: &Context, req: &Request, boot_unit: &Boot) -> Result<PlanReport
     if !would_create.is_empty() {
         changes.push("+ sandbox uids of the accounts created above".into());
     }
-    let batch = serde_json::to_string_pretty(&rendered.table.replace_batch())
-        .expect("batch serializes")
-        + "\n";
-    let unit_at = |dir: &PathBuf| boot::BootUnit {
-        unit_dir: dir.clone(),
-        state_dir: ctx.state_dir.clone(),
-        nft: boot::absolute_nft(Path::new("nft")).unwrap_or_else(|| PathBuf::from("/usr/sbin/nft")),
-    };
+    let batch = rendered.table.replace_batch_text();
+    let unit_at = |dir: &PathBuf| boot::BootUnit::system(dir, &ctx.state_dir);
     match boot_unit {
         Boot::Leave => {}
         Boot::Install(dir) => {

@@ -283,6 +283,13 @@ impl TableState {
     }
 }
 
+impl TableState {
+    /// [`TableState::replace_batch`] as the text the boot unit's batch file holds.
+    pub fn replace_batch_text(&self) -> String {
+        serde_json::to_string_pretty(&self.replace_batch()).expect("a JSON value serializes") + "\n"
+    }
+}
+
 /// The batch that deletes our table. It fails if the table is gone, so callers check first.
 pub fn delete_batch() -> Value {
     json!({"nftables": [{"delete": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}]})

@@ -199,18 +199,7 @@ pub fn main() -> ExitCode {
                 }
                 Ok(v) => {
                     println!("drifted from preset {}:", policy.preset);
-                    for line in v
-                        .missing
-                        .iter()
-                        .map(|m| format!("+ {m}"))
-                        .chain(v.unexpected.iter().map(|u| format!("- {u}")))
-                        .chain(
-                            v.different
-                                .iter()
-                                .chain(&v.sublayer)
-                                .map(|d| format!("~ {d}")),
-                        )
-                    {
+                    for line in v.lines() {
                         println!("  {line}");
                     }
                     ExitCode::from(3)
@@ -237,18 +226,7 @@ pub fn main() -> ExitCode {
                 }
                 Ok(v) => {
                     println!("setup would change:");
-                    for line in v
-                        .missing
-                        .iter()
-                        .map(|m| format!("+ {m}"))
-                        .chain(v.unexpected.iter().map(|u| format!("- {u}")))
-                        .chain(
-                            v.different
-                                .iter()
-                                .chain(&v.sublayer)
-                                .map(|d| format!("~ {d}")),
-                        )
-                    {
+                    for line in v.lines() {
                         println!("  {line}");
                     }
                     ExitCode::from(3)

@@ -153,6 +153,19 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// The differences as diff lines: `+` missing, `-` unexpected, `~` different.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.missing.iter().map(|m| format!("+ {m}")).collect();
+        out.extend(self.unexpected.iter().map(|u| format!("- {u}")));
+        out.extend(
+            self.different
+                .iter()
+                .chain(&self.sublayer)
+                .map(|d| format!("~ {d}")),
+        );
+        out
+    }
+
     /// Whether everything matches.
     pub fn in_sync(&self) -> bool {
         self.missing.is_empty()
