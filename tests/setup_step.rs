@@ -474,6 +474,7 @@ fn metrics_reach_an_otlp_receiver_without_account_names() {
     run.expect_code(0);
     assert_eq!(report["setup"]["metrics"], "sent");
     let points = receiver.points();
+    eprintln!("decoded OTLP export: {points:?}");
     assert_eq!(points.len(), 1, "{points:?}");
     let (name, attrs, value) = &points[0];
     assert_eq!(name, "userwall.setup.success");
