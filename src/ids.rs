@@ -83,6 +83,10 @@ pub const NETBIOS_SESSION_V6: RuleKey = rule_key(0x56b1ea86_e7b3_45fc_a0bc_f9a32
 pub const OFFLINE_V4: RuleKey = rule_key(0x19f2af71_5c2b_4aec_944c_13620fff3a9c);
 /// Everything but loopback over IPv6 (the `offline` preset).
 pub const OFFLINE_V6: RuleKey = rule_key(0x2cc2246a_b988_4bab_b537_dd5058c3ae6e);
+/// Inbound connections from off the host over IPv4 (the `offline` preset).
+pub const OFFLINE_RECV_ACCEPT_V4: RuleKey = rule_key(0x354389f7_8b3f_4298_b287_2cc52971b3e4);
+/// Inbound connections from off the host over IPv6 (the `offline` preset).
+pub const OFFLINE_RECV_ACCEPT_V6: RuleKey = rule_key(0xf6186e4e_4357_4926_8554_97fadaa84cd7);
 
 /// The persistent WFP provider every object of ours names.
 pub const WFP_PROVIDER: Guid = Guid(0x0c4b6bec_075d_4f36_b1a7_fb378225c233);

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 /// Bump whenever the rendered objects change in a way an existing install must receive (a new
 /// rule, a changed verdict, a renamed chain). A bumped version makes the next setup rewrite.
-pub const SETUP_VERSION: u32 = 1;
+///
+/// History: 1, the first release; 2, the `offline` preset's comments name the inbound rows
+/// they cover.
+pub const SETUP_VERSION: u32 = 2;
 
 /// The marker file's name inside the state dir.
 pub const MARKER_FILE: &str = "setup.json";

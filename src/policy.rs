@@ -44,6 +44,9 @@ pub enum Layer {
     Connect,
     /// Socket bind, explicit or implicit (ALE_RESOURCE_ASSIGNMENT).
     ResourceAssignment,
+    /// An inbound connection, or the first packet from a new remote (ALE_AUTH_RECV_ACCEPT):
+    /// a sandboxed process that listens could otherwise serve a remote peer.
+    RecvAccept,
 }
 
 /// What a rule matches, beyond the sandbox account and the family.
@@ -93,13 +96,17 @@ fn serialize_key<S: serde::Serializer>(key: &RuleKey, s: S) -> Result<S::Ok, S::
 }
 
 impl Rule {
-    /// For a row that a backend renders through another row, the name of that row. Only the
-    /// ICMP resource-assignment rows have one: nftables has no bind hook, and the connect rule
-    /// already stops every ICMP packet such a socket could send.
+    /// For a row that nftables renders through another row, the name of that row: the ICMP
+    /// resource-assignment rows (nftables has no bind hook, and the connect rule already stops
+    /// every ICMP packet such a socket could send) and the inbound offline rows.
     pub fn covered_by(&self) -> Option<&'static str> {
         match (self.layer, self.matches, self.family) {
             (Layer::ResourceAssignment, Match::Icmp, Family::V4) => Some("icmp_connect_v4"),
             (Layer::ResourceAssignment, Match::Icmp, Family::V6) => Some("icmp_connect_v6"),
+            // The output hook drops every packet a sandbox socket sends off the host, replies
+            // on an accepted connection included, so an inbound flow can carry nothing back.
+            (Layer::RecvAccept, Match::AllButLoopback, Family::V4) => Some("offline_v4"),
+            (Layer::RecvAccept, Match::AllButLoopback, Family::V6) => Some("offline_v6"),
             _ => None,
         }
     }
@@ -137,7 +144,7 @@ const fn row(
 }
 
 use Family::{V4, V6};
-use Layer::{Connect, ResourceAssignment};
+use Layer::{Connect, RecvAccept, ResourceAssignment};
 
 /// The `bypass-surfaces` rows: the classic channels out of a sandbox, for both families.
 #[rustfmt::skip]
@@ -161,6 +168,8 @@ pub const BYPASS_SURFACES: &[Rule] = &[
 pub const OFFLINE_EXTRA: &[Rule] = &[
     row("offline_v4", ids::OFFLINE_V4, "all IPv4 traffic that leaves the host", V4, Connect, Match::AllButLoopback),
     row("offline_v6", ids::OFFLINE_V6, "all IPv6 traffic that leaves the host", V6, Connect, Match::AllButLoopback),
+    row("offline_recv_accept_v4", ids::OFFLINE_RECV_ACCEPT_V4, "IPv4 connections from off the host", V4, RecvAccept, Match::AllButLoopback),
+    row("offline_recv_accept_v6", ids::OFFLINE_RECV_ACCEPT_V6, "IPv6 connections from off the host", V6, RecvAccept, Match::AllButLoopback),
 ];
 
 /// A built-in policy.
@@ -330,6 +339,14 @@ mod tests {
             ("netbios_session_v6", "56b1ea86-e7b3-45fc-a0bc-f9a325f17843"),
             ("offline_v4", "19f2af71-5c2b-4aec-944c-13620fff3a9c"),
             ("offline_v6", "2cc2246a-b988-4bab-b537-dd5058c3ae6e"),
+            (
+                "offline_recv_accept_v4",
+                "354389f7-8b3f-4298-b287-2cc52971b3e4",
+            ),
+            (
+                "offline_recv_accept_v6",
+                "f6186e4e-4357-4926-8554-97fadaa84cd7",
+            ),
         ];
         let all: Vec<(&str, String)> = BYPASS_SURFACES
             .iter()

@@ -139,9 +139,9 @@ fn a_second_install_is_idempotent() {
 fn a_policy_change_removes_filters_the_new_policy_does_not_have() {
     let engine = FakeEngine::new();
     logic::install(&engine, &Policy::preset(Preset::Offline), &[alice()]).unwrap();
-    assert_eq!(engine.state().filters.len(), 14);
+    assert_eq!(engine.state().filters.len(), 16);
     let report = logic::install(&engine, &bypass(), &[alice()]).unwrap();
-    assert_eq!(report.stale_filters_removed, 2);
+    assert_eq!(report.stale_filters_removed, 4);
     assert!(!engine.state().filters.contains_key(&ids::OFFLINE_V4.0));
     assert!(logic::verify(&engine, &bypass(), &[alice()])
         .unwrap()
@@ -292,7 +292,7 @@ fn uninstall_removes_everything_of_ours_and_nothing_else() {
     );
     logic::install(&engine, &Policy::preset(Preset::Offline), &[alice()]).unwrap();
     let report = logic::uninstall(&engine).unwrap();
-    assert_eq!(report.filters_removed, 14);
+    assert_eq!(report.filters_removed, 16);
     let state = engine.state();
     assert!(state.providers.is_empty());
     assert_eq!(

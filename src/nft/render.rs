@@ -300,6 +300,20 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
             vec![tcp, other]
         }
         Match::AllButLoopback => {
+            let covered: Vec<&str> = policy
+                .rules
+                .iter()
+                .filter(|r| r.covered_by() == Some(rule.name))
+                .map(|r| r.name)
+                .collect();
+            let also = if covered.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (also covers {}: replies cannot leave)",
+                    covered.join(", ")
+                )
+            };
             // Traffic to any of this host's own addresses is routed over `lo`, which is what
             // "loopback" means to WFP's IS_LOOPBACK flag as well.
             let not_lo = (
@@ -313,7 +327,13 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
                     matches("==", meta("l4proto"), json!("tcp")),
                     "meta l4proto tcp",
                 )
-                .finish(Transport::Tcp, None, true, Verdict::RejectTcpReset, "tcp");
+                .finish(
+                    Transport::Tcp,
+                    None,
+                    true,
+                    Verdict::RejectTcpReset,
+                    &format!("tcp{also}"),
+                );
             let other = new()
                 .with(proto_match, proto_text)
                 .with(not_lo.0, not_lo.1)
@@ -322,7 +342,7 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
                     None,
                     true,
                     Verdict::Drop,
-                    "other protocols",
+                    &format!("other protocols{also}"),
                 );
             vec![tcp, other]
         }

@@ -237,6 +237,8 @@ fn known_layer(layer: Guid) -> bool {
         spec::ALE_AUTH_CONNECT_V6,
         spec::ALE_RESOURCE_ASSIGNMENT_V4,
         spec::ALE_RESOURCE_ASSIGNMENT_V6,
+        spec::ALE_AUTH_RECV_ACCEPT_V4,
+        spec::ALE_AUTH_RECV_ACCEPT_V6,
     ]
     .iter()
     .any(|l| l.0 == layer)

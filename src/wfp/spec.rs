@@ -28,6 +28,13 @@ pub const ALE_RESOURCE_ASSIGNMENT_V4: LayerKey =
 pub const ALE_RESOURCE_ASSIGNMENT_V6: LayerKey =
     LayerKey(Guid(0x55a650e1_5f0a_4eca_a653_88f53b26aa8c));
 
+/// FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V4.
+pub const ALE_AUTH_RECV_ACCEPT_V4: LayerKey =
+    LayerKey(Guid(0xe1cd9fe7_f4b5_4273_96c0_592e487b8650));
+/// FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6.
+pub const ALE_AUTH_RECV_ACCEPT_V6: LayerKey =
+    LayerKey(Guid(0xa3b42c97_9f04_4672_b87e_cee9c483257f));
+
 /// FWPM_CONDITION_ALE_USER_ID.
 pub const ALE_USER_ID: FieldKey = FieldKey(Guid(0xaf043a0a_b34d_4f86_979c_c90371af6e66));
 /// FWPM_CONDITION_IP_PROTOCOL.
@@ -61,8 +68,8 @@ pub const OBJECT_FLAG_PERSISTENT: u32 = 0x1;
 pub const SUBLAYER_WEIGHT: u16 = 0xFFFF;
 
 /// Our filters' weight inside our sublayer, as an FWP_UINT8 range index (the top 4 bits of the
-/// effective weight). Our sublayer holds only blocks, so their order among themselves decides
-/// nothing; the fixed value keeps the installed objects comparable byte for byte.
+/// effective weight; BFE fills the rest from the conditions). Our sublayer holds only blocks, so
+/// their order among themselves decides nothing; the top range says so plainly.
 pub const FILTER_WEIGHT_RANGE: u8 = 15;
 
 /// The filter flags: persistent (survives reboot, which is how Windows gets boot persistence),
@@ -138,10 +145,16 @@ impl Condition {
 }
 
 /// The fields a layer offers, of those we use (Microsoft's table of conditions per layer):
-/// both ALE layers know the user, the protocol and the flags; only connect knows the remote
-/// port.
+/// every ALE layer we use knows the user, the protocol and the flags; connect and receive-accept
+/// know the remote port, resource assignment does not.
 pub fn layer_has_field(layer: LayerKey, field: FieldKey) -> bool {
-    let connect = layer == ALE_AUTH_CONNECT_V4 || layer == ALE_AUTH_CONNECT_V6;
+    let connect = [
+        ALE_AUTH_CONNECT_V4,
+        ALE_AUTH_CONNECT_V6,
+        ALE_AUTH_RECV_ACCEPT_V4,
+        ALE_AUTH_RECV_ACCEPT_V6,
+    ]
+    .contains(&layer);
     let assignment = layer == ALE_RESOURCE_ASSIGNMENT_V4 || layer == ALE_RESOURCE_ASSIGNMENT_V6;
     match field {
         f if f == IP_REMOTE_PORT => connect,
@@ -176,6 +189,8 @@ pub fn layer_of(rule: &Rule) -> LayerKey {
         (Layer::Connect, Family::V6) => ALE_AUTH_CONNECT_V6,
         (Layer::ResourceAssignment, Family::V4) => ALE_RESOURCE_ASSIGNMENT_V4,
         (Layer::ResourceAssignment, Family::V6) => ALE_RESOURCE_ASSIGNMENT_V6,
+        (Layer::RecvAccept, Family::V4) => ALE_AUTH_RECV_ACCEPT_V4,
+        (Layer::RecvAccept, Family::V6) => ALE_AUTH_RECV_ACCEPT_V6,
     }
 }
 
@@ -323,15 +338,21 @@ mod tests {
     #[test]
     fn offline_blocks_everything_not_loopback_without_any_permit() {
         let f = filters(&Policy::preset(Preset::Offline), &account()).unwrap();
-        assert_eq!(f.len(), 14);
+        assert_eq!(f.len(), 16);
         let catch_all: Vec<&FilterSpec> = f
             .iter()
             .filter(|s| s.conditions.contains(&Condition::NotLoopback))
             .collect();
-        assert_eq!(catch_all.len(), 2);
+        assert_eq!(catch_all.len(), 4);
         assert!(catch_all
             .iter()
             .all(|s| s.conditions[1].match_type() == match_type::FLAGS_NONE_SET));
+        for layer in [ALE_AUTH_RECV_ACCEPT_V4, ALE_AUTH_RECV_ACCEPT_V6] {
+            assert!(
+                catch_all.iter().any(|s| s.layer == layer),
+                "inbound connections are covered"
+            );
+        }
     }
 
     #[test]
