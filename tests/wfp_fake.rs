@@ -176,13 +176,18 @@ fn verify_reports_missing_unexpected_and_different_filters() {
         dot.conditions[1].value = Value::U16(8853);
         let icmp = s.filters.get_mut(&ids::ICMP_CONNECT_V4.0).unwrap();
         icmp.action = 0x1002;
+        s.filters.get_mut(&ids::SMB_V6.0).unwrap().flags |= 0x20; // FWPM_FILTER_FLAG_DISABLED
     });
     let report = logic::verify(&engine, &bypass(), &[alice()]).unwrap();
     assert_eq!(report.missing.len(), 1, "{report:?}");
     assert!(report.missing[0].contains("dns_v4"));
     assert_eq!(report.unexpected.len(), 1);
     assert!(report.unexpected[0].contains("leftover"));
-    assert_eq!(report.different.len(), 2, "{report:?}");
+    assert_eq!(report.different.len(), 3, "{report:?}");
+    assert!(report
+        .different
+        .iter()
+        .any(|d| d.contains("smb_v6") && d.contains("disabled")));
     assert!(report
         .different
         .iter()

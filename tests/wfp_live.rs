@@ -19,6 +19,15 @@ use windows_sys::Win32::Networking::WinSock::WSAEACCES;
 #[ignore = "needs an elevated Windows session"]
 fn blocks_the_current_user_on_loopback_port_53_then_leaves_nothing() {
     let me = accounts::invoking_user().expect("the current user's SID");
+    // A dynamic session cannot delete persistent objects (FWP_E_DYNAMIC_SESSION_IN_PROGRESS): on
+    // a machine where userwall is installed, uninstall it first.
+    {
+        let engine = Engine::open(&WindowsFwpm).expect("open the engine (elevated?)");
+        assert!(
+            safe::our_filters(&engine).unwrap().is_empty(),
+            "userwall is installed on this machine; run `userwall uninstall` before the live test"
+        );
+    }
     {
         let engine = Engine::open_with(&WindowsFwpm, Lifetime::Dynamic)
             .expect("open a dynamic session (elevated?)");

@@ -231,7 +231,15 @@ mod windows_lookup {
 
     /// Looks up every account and applies [`check`]: the SIDs to put in the user condition.
     pub fn resolve(accounts: &[String]) -> Result<Vec<Sid>, AccountError> {
-        let me = invoking_user();
+        // Without the invoker's SID the "not yourself" rule could not hold: refuse instead.
+        let me = invoking_user().ok_or_else(|| AccountError::Unknown {
+            account: "(the account running userwall)".into(),
+            detail: format!(
+                "its SID could not be read from the process token: {}",
+                last_error()
+            ),
+        })?;
+        let me = Some(me);
         let mut out: Vec<Sid> = Vec::new();
         for account in accounts {
             let (sid, kind) = lookup(account)?;

@@ -186,6 +186,9 @@ fn compare(spec: &FilterSpec, found: &InstalledFilter) -> Vec<String> {
     if found.flags & spec.flags != spec.flags {
         out.push(format!("flags 0x{:X}", found.flags));
     }
+    if found.flags & safe::FILTER_FLAG_DISABLED != 0 {
+        out.push("disabled".to_string());
+    }
     if found.sublayer != crate::ids::WFP_SUBLAYER {
         out.push(format!("sublayer {}", found.sublayer));
     }
@@ -223,8 +226,13 @@ fn compare(spec: &FilterSpec, found: &InstalledFilter) -> Vec<String> {
 pub fn verify(api: &dyn Fwpm, policy: &Policy, accounts: &[Sid]) -> Result<VerifyReport, Error> {
     let specs = spec::filters(policy, accounts)?;
     let engine = Engine::open(api)?;
-    let filters = safe::our_filters(&engine)?;
-    let sublayers = safe::our_sublayers(&engine)?;
+    let (filters, sublayers) = {
+        // One read-only transaction: both enumerations see the same moment.
+        let snapshot = engine.read_transaction()?;
+        let found = (safe::our_filters(&engine)?, safe::our_sublayers(&engine)?);
+        snapshot.commit()?;
+        found
+    };
     let mut report = VerifyReport::default();
     match sublayers.iter().find(|s| s.key == crate::ids::WFP_SUBLAYER) {
         None => report.sublayer.push("sublayer userwall is missing".into()),

@@ -108,6 +108,12 @@ pub mod codes {
     pub const OK: u32 = 0;
     /// Access denied (a plain Win32 code, not an HRESULT): not elevated.
     pub const ERROR_ACCESS_DENIED: u32 = 5;
+    /// E_ACCESSDENIED: access denied as an HRESULT (some calls report it this way).
+    pub const E_ACCESSDENIED: u32 = 0x8007_0005;
+    /// The transaction lock was not acquired in time.
+    pub const FWP_E_TIMEOUT: u32 = 0x8032_0012;
+    /// From a dynamic session, deleting an object that session did not add.
+    pub const FWP_E_DYNAMIC_SESSION_IN_PROGRESS: u32 = 0x8032_000B;
     /// EPT_S_NOT_REGISTERED: the Base Filtering Engine is stopped or disabled.
     pub const EPT_S_NOT_REGISTERED: u32 = 1753;
     /// A condition names a field its layer does not have (likely code; not confirmed).
@@ -148,6 +154,9 @@ pub mod codes {
         match code {
             OK => "ERROR_SUCCESS",
             ERROR_ACCESS_DENIED => "ERROR_ACCESS_DENIED",
+            E_ACCESSDENIED => "E_ACCESSDENIED",
+            FWP_E_TIMEOUT => "FWP_E_TIMEOUT (another session held the transaction lock)",
+            FWP_E_DYNAMIC_SESSION_IN_PROGRESS => "FWP_E_DYNAMIC_SESSION_IN_PROGRESS",
             EPT_S_NOT_REGISTERED => "EPT_S_NOT_REGISTERED (Base Filtering Engine not running)",
             FWP_E_CONDITION_NOT_FOUND => "FWP_E_CONDITION_NOT_FOUND",
             FWP_E_FILTER_NOT_FOUND => "FWP_E_FILTER_NOT_FOUND",

@@ -69,6 +69,9 @@ pub fn wide(s: &str) -> Vec<u16> {
     s.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
+/// FWPM_TXN_READ_ONLY.
+pub const FWPM_TXN_READ_ONLY: u32 = 1;
+
 /// FWPM_SESSION_FLAG_DYNAMIC.
 pub const FWPM_SESSION_FLAG_DYNAMIC: u32 = 1;
 
@@ -97,8 +100,8 @@ pub struct Engine<'a> {
 }
 
 impl<'a> Engine<'a> {
-    /// Opens a non-dynamic session (objects outlive it) that waits for the transaction lock as
-    /// long as it takes.
+    /// Opens a non-dynamic session (objects outlive it) that waits up to [`TXN_WAIT_MS`] for
+    /// the transaction lock.
     pub fn open(api: &'a dyn Fwpm) -> Result<Engine<'a>, WfpError> {
         Engine::open_with(api, Lifetime::Persistent)
     }
@@ -117,7 +120,7 @@ impl<'a> Engine<'a> {
                 Lifetime::Persistent => 0,
                 Lifetime::Dynamic => FWPM_SESSION_FLAG_DYNAMIC,
             },
-            txnWaitTimeoutInMSec: u32::MAX, // INFINITE
+            txnWaitTimeoutInMSec: TXN_WAIT_MS,
             processId: 0,
             sid: std::ptr::null_mut(),
             username: std::ptr::null_mut(),
@@ -143,8 +146,17 @@ impl<'a> Engine<'a> {
 
     /// Begins a read-write transaction.
     pub fn transaction(&self) -> Result<Transaction<'_, 'a>, WfpError> {
+        self.begin(0)
+    }
+
+    /// Begins a read-only transaction: one consistent snapshot for several enumerations.
+    pub fn read_transaction(&self) -> Result<Transaction<'_, 'a>, WfpError> {
+        self.begin(FWPM_TXN_READ_ONLY)
+    }
+
+    fn begin(&self, flags: u32) -> Result<Transaction<'_, 'a>, WfpError> {
         // SAFETY: the handle is open for as long as `self` lives.
-        let code = unsafe { self.api.transaction_begin(self.handle, 0) };
+        let code = unsafe { self.api.transaction_begin(self.handle, flags) };
         check(code, "beginning the transaction", "", &[])?;
         Ok(Transaction {
             engine: self,
@@ -540,7 +552,9 @@ fn enum_template(provider: &GUID) -> raw::FWPM_FILTER_ENUM_TEMPLATE0 {
         providerKey: provider as *const GUID as *mut GUID,
         layerKey: GUID::from_u128(0),
         enumType: 1, // FWP_FILTER_ENUM_OVERLAPPING: every filter, whatever its conditions
-        flags: 0,
+        // Disabled filters (FWPM_FILTER_FLAG_DISABLED) are listed only when asked for; verify
+        // must see them to report them, and uninstall to delete them.
+        flags: FILTER_ENUM_FLAG_INCLUDE_DISABLED,
         providerContextTemplate: std::ptr::null_mut(),
         numFilterConditions: 0,
         filterCondition: std::ptr::null_mut(),
@@ -550,6 +564,15 @@ fn enum_template(provider: &GUID) -> raw::FWPM_FILTER_ENUM_TEMPLATE0 {
 }
 
 const ENUM_BATCH: u32 = 64;
+
+/// FWP_FILTER_ENUM_FLAG_INCLUDE_DISABLED.
+pub const FILTER_ENUM_FLAG_INCLUDE_DISABLED: u32 = 0x10;
+/// FWPM_FILTER_FLAG_DISABLED (output only).
+pub const FILTER_FLAG_DISABLED: u32 = 0x20;
+
+/// How long a session waits for the engine's transaction lock before FWP_E_TIMEOUT: long
+/// enough for any other installer, short enough that a stuck one cannot hang setup.
+pub const TXN_WAIT_MS: u32 = 60_000;
 
 /// Every filter whose provider is ours. The template asks for our provider; the result is
 /// filtered again on our side, since whether the engine honours a provider with a zero layer

@@ -82,16 +82,21 @@ impl Sid {
     }
 
     /// Whether the SID lies in the space of ordinary accounts: `S-1-5-21-<domain>-<rid>` with a
-    /// relative id of 1000 or more. SYSTEM, LocalService, NetworkService, BUILTIN\Administrators,
+    /// relative id of 1000 or more, or an Entra ID user `S-1-12-1-...`. SYSTEM, LocalService, NetworkService, BUILTIN\Administrators,
     /// Users, Everyone, Authenticated Users, the built-in Administrator (-500) and Guest (-501)
     /// and the well-known domain groups (below 1000) all fall outside it. Necessary, not
     /// sufficient: a group an administrator created also gets a relative id of 1000 or more, so
     /// the Windows resolver must also require LookupAccountNameW's SidTypeUser.
     pub fn is_ordinary_user_account(&self) -> bool {
-        self.authority == 5
+        let machine_or_domain = self.authority == 5
             && self.sub_authorities.first() == Some(&21)
             && self.sub_authorities.len() >= 5
-            && self.sub_authorities.last().is_some_and(|&rid| rid >= 1000)
+            && self.sub_authorities.last().is_some_and(|&rid| rid >= 1000);
+        // Microsoft Entra ID (Azure AD) users: S-1-12-1-<four sub-authorities>.
+        let entra_user = self.authority == 12
+            && self.sub_authorities.first() == Some(&1)
+            && self.sub_authorities.len() == 5;
+        machine_or_domain || entra_user
     }
 }
 
@@ -208,6 +213,10 @@ mod tests {
     fn only_ordinary_user_accounts_qualify() {
         let user = |s: &str| s.parse::<Sid>().unwrap().is_ordinary_user_account();
         assert!(user("S-1-5-21-1004336348-1177238915-682003330-1001"));
+        assert!(
+            user("S-1-12-1-1234567890-1234567890-1234567890-1234567890"),
+            "an Entra ID user"
+        );
         for principal in [
             "S-1-5-18",                                     // SYSTEM
             "S-1-5-19",                                     // LocalService
