@@ -226,6 +226,17 @@ impl Builder {
     }
 }
 
+/// `(also covers a, b: why)` for the rows nftables renders through `rule`, or nothing.
+fn covered_note(policy: &Policy, rule: &crate::policy::Rule, why: &str) -> Option<String> {
+    let covered: Vec<&str> = policy
+        .rules
+        .iter()
+        .filter(|r| r.covered_by() == Some(rule.name))
+        .map(|r| r.name)
+        .collect();
+    (!covered.is_empty()).then(|| format!("(also covers {}: {why})", covered.join(", ")))
+}
+
 fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> {
     if rule.covered_by().is_some() {
         return Vec::new();
@@ -245,20 +256,8 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
                 matches("==", meta("l4proto"), json!(l4)),
                 format!("meta l4proto {l4}"),
             );
-            let covered: Vec<&str> = policy
-                .rules
-                .iter()
-                .filter(|r| r.covered_by() == Some(rule.name))
-                .map(|r| r.name)
-                .collect();
-            let detail = if covered.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "(also covers {}: nftables has no bind hook)",
-                    covered.join(", ")
-                )
-            };
+            let detail =
+                covered_note(policy, rule, "nftables has no bind hook").unwrap_or_default();
             vec![b.finish(Transport::Icmp, None, false, verdict, &detail)]
         }
         Match::RemotePort(port) => {
@@ -300,20 +299,9 @@ fn render_row(rule: &crate::policy::Rule, policy: &Policy) -> Vec<RenderedRule> 
             vec![tcp, other]
         }
         Match::AllButLoopback => {
-            let covered: Vec<&str> = policy
-                .rules
-                .iter()
-                .filter(|r| r.covered_by() == Some(rule.name))
-                .map(|r| r.name)
-                .collect();
-            let also = if covered.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (also covers {}: replies cannot leave)",
-                    covered.join(", ")
-                )
-            };
+            let also = covered_note(policy, rule, "replies cannot leave")
+                .map(|note| format!(" {note}"))
+                .unwrap_or_default();
             // Traffic to any of this host's own addresses is routed over `lo`, which is what
             // "loopback" means to WFP's IS_LOOPBACK flag as well.
             let not_lo = (

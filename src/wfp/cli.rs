@@ -105,6 +105,15 @@ fn installed_accounts() -> Result<Vec<Sid>, String> {
     Ok(out)
 }
 
+/// The preset's policy and the resolved accounts, or the exit code that says why not.
+fn policy_and_accounts(preset: &str, values: &[String]) -> Result<(Policy, Vec<Sid>), ExitCode> {
+    let policy = policy(preset).map_err(|e| {
+        eprintln!("userwall: error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((policy, accounts(values)?))
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("userwall: error: {e}");
     ExitCode::from(1)
@@ -119,12 +128,8 @@ pub fn main() -> ExitCode {
             preset,
             json,
         } => {
-            let policy = match policy(&preset) {
-                Ok(p) => p,
-                Err(e) => return fail(e),
-            };
-            let sids = match accounts(&values) {
-                Ok(s) => s,
+            let (policy, sids) = match policy_and_accounts(&preset, &values) {
+                Ok(both) => both,
                 Err(code) => return code,
             };
             let started = Instant::now();
@@ -211,12 +216,8 @@ pub fn main() -> ExitCode {
             accounts: values,
             preset,
         } => {
-            let policy = match policy(&preset) {
-                Ok(p) => p,
-                Err(e) => return fail(e),
-            };
-            let sids = match accounts(&values) {
-                Ok(s) => s,
+            let (policy, sids) = match policy_and_accounts(&preset, &values) {
+                Ok(both) => both,
                 Err(code) => return code,
             };
             match logic::verify(&WindowsFwpm, &policy, &sids) {
